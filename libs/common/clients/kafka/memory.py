@@ -1,0 +1,23 @@
+"""An in-memory publisher: the test fake for handler tests."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from libs.common.schemas import Message
+
+
+@dataclass
+class MemoryPublisher:
+    sent: dict[str, list[tuple[str | None, bytes]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    messages: dict[str, list[Message]] = field(default_factory=lambda: defaultdict(list))
+
+    async def publish(self, topic: str, message: Message, *, key: str | None = None) -> None:
+        self.messages[topic].append(message)
+        self.sent[topic].append((key, message.to_bytes()))
+
+    async def publish_raw(self, topic: str, value: bytes, *, key: str | None = None) -> None:
+        self.sent[topic].append((key, value))

@@ -1,0 +1,14 @@
+"""The online feature store: interface, Redis adapter, in-memory fake."""
+
+from libs.common.clients.redis.base import FeatureStore, StoredEvent, StoredVector
+from libs.common.clients.redis.memory import MemoryFeatureStore
+from libs.common.clients.redis.redis import RedisFeatureStore, make_redis
+
+__all__ = [
+    "FeatureStore",
+    "MemoryFeatureStore",
+    "RedisFeatureStore",
+    "StoredEvent",
+    "StoredVector",
+    "make_redis",
+]

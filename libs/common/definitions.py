@@ -1,0 +1,264 @@
+"""The definitions file: sources, feature views and models as configuration.
+
+Adding a source, a feature or a model is an edit to `signalops.yaml`, validated
+here at start with errors that name the offending entry.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
+
+from libs.common.errors import DefinitionsError
+
+_NAME = r"^[a-z][a-z0-9_]*$"
+Name = Annotated[str, Field(pattern=_NAME, min_length=1, max_length=64)]
+
+
+class FieldType(StrEnum):
+    float = "float"
+    int = "int"
+    bool = "bool"
+    str = "str"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldSpec(_Strict):
+    """One field of a source: its type, whether it must be present, its bounds."""
+
+    type: FieldType
+    required: bool = True
+    min: float | None = None
+    max: float | None = None
+    allowed: list[str] | None = Field(None, description="Allowed values of a str field.")
+
+
+class SourceDefinition(_Strict):
+    """A stream of signals about entities; `fields` is its versioned schema."""
+
+    name: Name
+    version: int = Field(1, ge=1)
+    entity: Name = Field(description="Kind of entity the source speaks about, e.g. device.")
+    fields: dict[Name, FieldSpec]
+    allowed_lateness_s: PositiveFloat = 3600.0
+    max_future_skew_s: PositiveFloat = 300.0
+
+    @model_validator(mode="after")
+    def _has_fields(self) -> SourceDefinition:
+        if not self.fields:
+            raise ValueError(f"source {self.name!r} declares no fields")
+        return self
+
+
+Aggregation = Literal["last", "mean", "min", "max", "sum", "count", "std", "fraction"]
+
+
+class FeatureSpec(_Strict):
+    """One feature: an aggregation of a source field over a trailing event-time window.
+
+    `fraction` is the share of events in the window whose field equals `equals`.
+    """
+
+    name: Name
+    field: Name
+    agg: Aggregation
+    window_s: PositiveFloat | None = Field(
+        None, description="Trailing window in seconds; None means all retained history."
+    )
+    equals: str | float | bool | None = None
+
+    @model_validator(mode="after")
+    def _fraction_needs_equals(self) -> FeatureSpec:
+        if self.agg == "fraction" and self.equals is None:
+            raise ValueError(f"feature {self.name!r}: agg 'fraction' needs 'equals'")
+        return self
+
+
+class FeatureView(_Strict):
+    """Features of one entity computed from one source; stored under its version."""
+
+    name: Name
+    source: Name
+    version: int = Field(1, ge=1)
+    features: list[FeatureSpec]
+    retention_s: PositiveFloat = Field(
+        86400.0, description="How much event history the online state keeps per entity."
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> FeatureView:
+        names = [f.name for f in self.features]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"feature view {self.name!r}: duplicate features {sorted(dupes)}")
+        return self
+
+    @property
+    def max_window_s(self) -> float:
+        windows = [f.window_s for f in self.features if f.window_s]
+        return max(windows, default=self.retention_s)
+
+
+class Fallback(_Strict):
+    """What serve answers when the model or the features cannot."""
+
+    score: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class DriftThresholds(_Strict):
+    psi: PositiveFloat = 0.2
+    min_samples: int = Field(500, ge=10)
+
+
+class PromotionGates(_Strict):
+    """A new version becomes champion only if it passes these on its holdout."""
+
+    min_auc: float = Field(0.6, ge=0.0, le=1.0)
+    min_rows: int = Field(200, ge=10)
+
+
+class ModelDefinition(_Strict):
+    """A LightGBM model over features, trained on labels joined as of prediction time."""
+
+    name: Name
+    features: list[str] = Field(description="'view.feature' references.", min_length=1)
+    label_horizon_s: float = Field(
+        0.0, ge=0.0, description="Labels join features as of event_time minus this horizon."
+    )
+    lightgbm: dict[str, Any] = Field(
+        default_factory=lambda: {"objective": "binary", "num_leaves": 15, "learning_rate": 0.1}
+    )
+    num_boost_round: int = Field(60, ge=1, le=5000)
+    fallback: Fallback = Fallback()
+    drift: DriftThresholds = DriftThresholds()
+    promotion: PromotionGates = PromotionGates()
+
+
+class Definitions(_Strict):
+    """The whole definitions file, cross-checked: every reference resolves."""
+
+    sources: list[SourceDefinition]
+    feature_views: list[FeatureView]
+    models: list[ModelDefinition]
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Definitions:
+        sources = {s.name: s for s in self.sources}
+        for kind, items in (("source", self.sources), ("feature view", self.feature_views),
+                            ("model", self.models)):
+            names = [i.name for i in items]
+            if len(set(names)) != len(names):
+                raise ValueError(f"duplicate {kind} names in {names}")
+        views = {v.name: v for v in self.feature_views}
+        for view in self.feature_views:
+            if view.source not in sources:
+                raise ValueError(
+                    f"feature view {view.name!r} reads unknown source {view.source!r}; "
+                    f"known: {sorted(sources)}"
+                )
+            fields = sources[view.source].fields
+            for f in view.features:
+                if f.field not in fields:
+                    raise ValueError(
+                        f"feature {view.name}.{f.name} reads unknown field {f.field!r} of "
+                        f"source {view.source!r}; known: {sorted(fields)}"
+                    )
+                numeric = fields[f.field].type != FieldType.str
+                if f.agg not in ("last", "count", "fraction") and not numeric:
+                    raise ValueError(
+                        f"feature {view.name}.{f.name}: agg {f.agg!r} needs a numeric field, "
+                        f"{f.field!r} is str (use 'fraction' with 'equals')"
+                    )
+                if f.agg == "last" and not numeric:
+                    raise ValueError(
+                        f"feature {view.name}.{f.name}: 'last' of a str field is not a number; "
+                        "use 'fraction' with 'equals'"
+                    )
+        for model in self.models:
+            entities = set()
+            for ref in model.features:
+                view_name, _, feat = ref.partition(".")
+                view = views.get(view_name)
+                if view is None or feat not in {f.name for f in view.features}:
+                    raise ValueError(
+                        f"model {model.name!r} uses unknown feature {ref!r}; "
+                        f"write it as 'view.feature'"
+                    )
+                entities.add(sources[view.source].entity)
+            if len(entities) > 1:
+                raise ValueError(f"model {model.name!r} mixes entities {sorted(entities)}")
+        return self
+
+    def source(self, name: str) -> SourceDefinition:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def view(self, name: str) -> FeatureView:
+        for v in self.feature_views:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    def model(self, name: str) -> ModelDefinition:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def views_of_source(self, source: str) -> list[FeatureView]:
+        return [v for v in self.feature_views if v.source == source]
+
+    def views_of_model(self, model: ModelDefinition) -> list[FeatureView]:
+        names = dict.fromkeys(ref.partition(".")[0] for ref in model.features)
+        return [self.view(n) for n in names]
+
+    @property
+    def default_model(self) -> str:
+        return self.models[0].name
+
+
+def parse_definitions(data: Any, *, origin: str = "<definitions>") -> Definitions:
+    """Validate raw data (already parsed YAML) into Definitions.
+
+    Raises:
+        DefinitionsError: naming the file and every offending location.
+    """
+    try:
+        return Definitions.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"  {loc}: {err['msg']}")
+        raise DefinitionsError(f"{origin} is invalid:\n" + "\n".join(lines)) from None
+
+
+def load_definitions(path: Path | str) -> Definitions:
+    """Read and validate a definitions file (YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DefinitionsError(
+            f"definitions file {str(path)!r} not found; set SIGNALOPS_DEFINITIONS to its path"
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise DefinitionsError(f"{path} is not valid YAML: {exc}") from None
+    return parse_definitions(data, origin=str(path))
+
+
+def feature_key(ref: str) -> str:
+    """Column name of a 'view.feature' reference in training frames and model inputs."""
+    if not re.match(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$", ref):
+        raise ValueError(f"bad feature reference {ref!r}")
+    return ref.replace(".", "__")

@@ -1,0 +1,33 @@
+"""Errors shared by all services; each names the offending value and the fix."""
+
+from __future__ import annotations
+
+
+class SignalopsError(Exception):
+    """Base class of every signalops error."""
+
+
+class DefinitionsError(SignalopsError):
+    """The definitions file is missing or invalid.
+
+    Operator action: fix the file named in the message and restart the service.
+    """
+
+
+class RejectedRecord(SignalopsError):  # noqa: N818 - a signal, like structlog's DropEvent
+    """A record failed validation; it goes to the dead-letter topic with `reason`.
+
+    Derives from Exception (not BaseException) so asyncio cancellation stays safe.
+    """
+
+    def __init__(self, reason: str, *, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class ModelNotFound(SignalopsError):
+    """No registered model version answers the request.
+
+    Operator action: run `signalops retrain --model NAME` or check the registry.
+    """

@@ -1,0 +1,25 @@
+"""Prometheus metrics: names shared across services, one registry per process."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+MESSAGES = Counter(
+    "signalops_messages_total", "Messages handled", ["service", "topic", "outcome"]
+)
+DEAD_LETTERS = Counter(
+    "signalops_dead_letters_total", "Records sent to the dead-letter topic", ["service", "reason"]
+)
+LATENCY = Histogram(
+    "signalops_handler_seconds",
+    "Time to handle a batch or request",
+    ["service", "handler"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CONSUMER_LAG = Gauge("signalops_consumer_lag", "Messages behind the end", ["service", "topic"])
+INFO = Gauge("signalops_up", "1 while the service runs", ["service"])
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Expose /metrics on host:port in a daemon thread (services without their own HTTP)."""
+    start_http_server(port, addr=host)

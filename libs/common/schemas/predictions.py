@@ -1,0 +1,28 @@
+"""Predictions served, logged for the drift monitor and for joining labels."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from libs.common.schemas.base import Message
+
+Variant = Literal["champion", "challenger", "fallback"]
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+    variant: Variant
+
+
+class PredictionMade(Message):
+    """A score served to a client; `event_id` is the prediction id."""
+
+    entity_id: str
+    model: ModelRef
+    score: float
+    features: dict[str, float | None] = Field(default_factory=dict)
+    degraded: bool = False
+    reasons: list[str] = Field(default_factory=list)

@@ -1,0 +1,39 @@
+"""Signals: what sources report about entities (signals.raw, signals.valid)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from libs.common.schemas.base import Message, stable_id
+
+FieldValue = float | int | bool | str | None
+
+
+class Signal(Message):
+    """One observation of one entity by one source.
+
+    `schema_version` is the version of the source's field schema; `event_id` is
+    derived from the content when absent, so a resent record is a duplicate.
+    """
+
+    source: str = Field(min_length=1, max_length=64, examples=["sensors"])
+    entity_id: str = Field(min_length=1, max_length=256, examples=["device-42"])
+    fields: dict[str, FieldValue] = Field(examples=[{"temperature": 71.3, "status": "ok"}])
+    schema_version: int = Field(1, ge=1)
+    event_id: str = Field("", max_length=128)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_event_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("event_id"):
+            data = dict(data)
+            data["event_id"] = stable_id(
+                data.get("source"),
+                data.get("entity_id"),
+                str(data.get("event_time")),
+                data.get("fields"),
+                data.get("schema_version", 1),
+            )
+        return data

@@ -39,9 +39,18 @@ def _kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("tansu") / "tansu.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=subprocess.STDOUT,
+            [
+                tansu_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     wait_for_port(port)
     yield f"127.0.0.1:{port}"
@@ -54,9 +63,21 @@ def _redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            redis_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     wait_for_port(port)
     yield f"redis://127.0.0.1:{port}/0"
@@ -78,8 +99,9 @@ def _ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import ray
 
     os.environ.update(
-        serve_ingress_env(drain_s=2, haproxy_metrics_port=free_port(),
-                          haproxy_stats_port=free_port())
+        serve_ingress_env(
+            drain_s=2, haproxy_metrics_port=free_port(), haproxy_stats_port=free_port()
+        )
     )
     # Loopback-only test cluster: no token auth (never in deployed configs).
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -152,8 +152,11 @@ class Definitions(_Strict):
     @model_validator(mode="after")
     def _references_resolve(self) -> Definitions:
         sources = {s.name: s for s in self.sources}
-        for kind, items in (("source", self.sources), ("feature view", self.feature_views),
-                            ("model", self.models)):
+        for kind, items in (
+            ("source", self.sources),
+            ("feature view", self.feature_views),
+            ("model", self.models),
+        ):
             names = [i.name for i in items]
             if len(set(names)) != len(names):
                 raise ValueError(f"duplicate {kind} names in {names}")

@@ -14,7 +14,7 @@ class DefinitionsError(SignalopsError):
     """
 
 
-class RejectedRecord(SignalopsError):  # noqa: N818 - a signal, like structlog's DropEvent
+class RejectedRecord(SignalopsError):
     """A record failed validation; it goes to the dead-letter topic with `reason`.
 
     Derives from Exception (not BaseException) so asyncio cancellation stays safe.

@@ -22,17 +22,36 @@ PREDICTIONS = "predictions"
 
 SCHEMAS: dict[str, pa.Schema] = {
     SIGNALS: pa.schema(
-        [("event_id", pa.string()), ("source", pa.string()), ("schema_version", pa.int64()),
-         ("entity_id", pa.string()), ("ts", pa.float64()), ("fields_json", pa.string())]
+        [
+            ("event_id", pa.string()),
+            ("source", pa.string()),
+            ("schema_version", pa.int64()),
+            ("entity_id", pa.string()),
+            ("ts", pa.float64()),
+            ("fields_json", pa.string()),
+        ]
     ),
     OUTCOMES: pa.schema(
-        [("event_id", pa.string()), ("model", pa.string()), ("entity_id", pa.string()),
-         ("ts", pa.float64()), ("label", pa.float64()), ("prediction_id", pa.string())]
+        [
+            ("event_id", pa.string()),
+            ("model", pa.string()),
+            ("entity_id", pa.string()),
+            ("ts", pa.float64()),
+            ("label", pa.float64()),
+            ("prediction_id", pa.string()),
+        ]
     ),
     PREDICTIONS: pa.schema(
-        [("event_id", pa.string()), ("model", pa.string()), ("version", pa.string()),
-         ("variant", pa.string()), ("entity_id", pa.string()), ("ts", pa.float64()),
-         ("score", pa.float64()), ("features_json", pa.string())]
+        [
+            ("event_id", pa.string()),
+            ("model", pa.string()),
+            ("version", pa.string()),
+            ("variant", pa.string()),
+            ("entity_id", pa.string()),
+            ("ts", pa.float64()),
+            ("score", pa.float64()),
+            ("features_json", pa.string()),
+        ]
     ),
 }
 
@@ -67,9 +86,7 @@ class OfflineStore:
 
     def files(self, kind: str) -> list[str]:
         sel = fs.FileSelector(self.dir(kind), allow_not_found=True)
-        return sorted(
-            i.path for i in self._fs.get_file_info(sel) if i.path.endswith(".parquet")
-        )
+        return sorted(i.path for i in self._fs.get_file_info(sel) if i.path.endswith(".parquet"))
 
     def read(self, kind: str) -> pa.Table:
         """All rows of `kind`, deduplicated by event id (small data; training uses Ray Data)."""

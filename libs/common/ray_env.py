@@ -10,8 +10,11 @@ from libs.common.binaries import haproxy_binary
 
 
 def serve_ingress_env(
-    *, haproxy: bool = True, drain_s: float | None = None,
-    haproxy_metrics_port: int | None = None, haproxy_stats_port: int | None = None,
+    *,
+    haproxy: bool = True,
+    drain_s: float | None = None,
+    haproxy_metrics_port: int | None = None,
+    haproxy_stats_port: int | None = None,
 ) -> dict[str, str]:
     """Variables enabling HAProxy ingress and throughput-optimized replicas.
 

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
 
     ray_address: str = "auto"
+    ray_head_port: int = 6380
     ray_dashboard_port: int = 8265
     ray_object_store_mb: int = 128
 

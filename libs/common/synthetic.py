@@ -58,8 +58,13 @@ class SyntheticSource:
         entity_prefix: entity ids are f"{entity_prefix}-{i}".
     """
 
-    def __init__(self, source: SourceDefinition, config: SyntheticConfig | None = None,
-                 *, entity_prefix: str | None = None) -> None:
+    def __init__(
+        self,
+        source: SourceDefinition,
+        config: SyntheticConfig | None = None,
+        *,
+        entity_prefix: str | None = None,
+    ) -> None:
         self.source = source
         self.config = config or SyntheticConfig()
         self._rng = random.Random(self.config.seed)
@@ -191,8 +196,9 @@ class SyntheticSource:
             "label": label,
         }
 
-    def history(self, *, end: datetime, steps: int, step_s: float, model: str,
-                label_every: int = 1) -> Iterator[tuple[str, dict[str, Any]]]:
+    def history(
+        self, *, end: datetime, steps: int, step_s: float, model: str, label_every: int = 1
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
         """A clean past: ("signal", payload) and ("outcome", payload) pairs in time order.
 
         Every entity reports once per step; an outcome follows every `label_every`

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-MESSAGES = Counter(
-    "signalops_messages_total", "Messages handled", ["service", "topic", "outcome"]
-)
+MESSAGES = Counter("signalops_messages_total", "Messages handled", ["service", "topic", "outcome"])
 DEAD_LETTERS = Counter(
     "signalops_dead_letters_total", "Records sent to the dead-letter topic", ["service", "reason"]
 )

@@ -21,11 +21,26 @@ class RecordRejected(Message):
     original_b64: str
 
     @classmethod
-    def of(cls, original: bytes, *, stage: str, source: str, reason: str, detail: str = "",
-           topic: str | None = None, key: str | None = None) -> RecordRejected:
-        return cls(stage=stage, source=source or "unknown", reason=reason, detail=detail[:2000],
-                   original_topic=topic, original_key=key,
-                   original_b64=base64.b64encode(original).decode())
+    def of(
+        cls,
+        original: bytes,
+        *,
+        stage: str,
+        source: str,
+        reason: str,
+        detail: str = "",
+        topic: str | None = None,
+        key: str | None = None,
+    ) -> RecordRejected:
+        return cls(
+            stage=stage,
+            source=source or "unknown",
+            reason=reason,
+            detail=detail[:2000],
+            original_topic=topic,
+            original_key=key,
+            original_b64=base64.b64encode(original).decode(),
+        )
 
     @property
     def original(self) -> bytes:

@@ -28,7 +28,11 @@ class Outcome(Message):
         if isinstance(data, dict) and not data.get("event_id"):
             data = dict(data)
             data["event_id"] = stable_id(
-                "outcome", data.get("model"), data.get("entity_id"),
-                str(data.get("event_time")), data.get("label"), data.get("prediction_id"),
+                "outcome",
+                data.get("model"),
+                data.get("entity_id"),
+                str(data.get("event_time")),
+                data.get("label"),
+                data.get("prediction_id"),
             )
         return data

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -63,7 +63,9 @@ class KafkaPublisher:
 
     async def publish(self, topic: str, message: Message, *, key: str | None = None) -> None:
         await self._producer.send_and_wait(
-            topic, message.to_bytes(), key=key.encode() if key else None,
+            topic,
+            message.to_bytes(),
+            key=key.encode() if key else None,
             headers=self._headers(message),
         )
 
@@ -101,8 +103,14 @@ async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int) 
         await admin.close()
 
 
-def make_consumer(bootstrap: str, topics: Sequence[str], *, group_id: str | None,
-                  client_id: str, from_beginning: bool = True) -> AIOKafkaConsumer:
+def make_consumer(
+    bootstrap: str,
+    topics: Sequence[str],
+    *,
+    group_id: str | None,
+    client_id: str,
+    from_beginning: bool = True,
+) -> AIOKafkaConsumer:
     """A consumer with manual commits: offsets move only after the effect is durable."""
     return AIOKafkaConsumer(
         *topics,
@@ -139,8 +147,13 @@ async def decode_or_dead_letter(
             await publisher.publish(
                 dlq_topic,
                 RecordRejected.of(
-                    rec.value or b"", stage=stage, source=rec.topic, reason=reason,
-                    detail=_short(exc), topic=rec.topic, key=key,
+                    rec.value or b"",
+                    stage=stage,
+                    source=rec.topic,
+                    reason=reason,
+                    detail=_short(exc),
+                    topic=rec.topic,
+                    key=key,
                 ),
                 key=rec.topic,
             )
@@ -155,7 +168,7 @@ def _short(exc: ValidationError) -> str:
     )
 
 
-BatchHandler = Callable[[list[ConsumerRecord]], Awaitable[None]]
+BatchHandler = Callable[[list[ConsumerRecord]], Awaitable[object]]
 
 
 async def consume_batches(
@@ -200,5 +213,3 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 
 def message_key(rec: ConsumerRecord) -> str | None:
     return rec.key.decode(errors="replace") if rec.key else None
-
-

@@ -39,8 +39,13 @@ def vector_key(view: str, version: int, entity_id: str) -> str:
 
 class FeatureStore(Protocol):
     async def add_events(
-        self, source: str, version: int, entity_id: str, events: Sequence[StoredEvent],
-        *, retention_s: float,
+        self,
+        source: str,
+        version: int,
+        entity_id: str,
+        events: Sequence[StoredEvent],
+        *,
+        retention_s: float,
     ) -> list[StoredEvent]:
         """Add events (idempotent by event id), trim beyond retention, return the history."""
         ...

@@ -19,8 +19,13 @@ class MemoryFeatureStore:
     vectors: dict[str, StoredVector] = field(default_factory=dict)
 
     async def add_events(
-        self, source: str, version: int, entity_id: str, events: Sequence[StoredEvent],
-        *, retention_s: float,
+        self,
+        source: str,
+        version: int,
+        entity_id: str,
+        events: Sequence[StoredEvent],
+        *,
+        retention_s: float,
     ) -> list[StoredEvent]:
         hist = self.events.setdefault(history_key(source, version, entity_id), {})
         for e in events:

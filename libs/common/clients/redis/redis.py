@@ -49,8 +49,13 @@ class RedisFeatureStore:
         self._write = client.register_script(_WRITE_IF_NEWER)
 
     async def add_events(
-        self, source: str, version: int, entity_id: str, events: Sequence[StoredEvent],
-        *, retention_s: float,
+        self,
+        source: str,
+        version: int,
+        entity_id: str,
+        events: Sequence[StoredEvent],
+        *,
+        retention_s: float,
     ) -> list[StoredEvent]:
         key = history_key(source, version, entity_id)
         mapping = {
@@ -77,7 +82,8 @@ class RedisFeatureStore:
                     {"values": vec.values, "as_of": vec.as_of, "updated_at": vec.updated_at}
                 )
                 await self._write(
-                    keys=[vector_key(view, version, entity_id)], args=[doc, vec.as_of],
+                    keys=[vector_key(view, version, entity_id)],
+                    args=[doc, vec.as_of],
                     client=pipe,
                 )
             await pipe.execute()

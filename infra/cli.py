@@ -1,0 +1,245 @@
+"""The `signalops` command: the local stack, the demo, and operator actions."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from libs.common.errors import SignalopsError
+from libs.common.settings import Settings
+
+app = typer.Typer(
+    help="signalops: real-time predictions on streaming signals.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: list and replay.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(dlq_app, name="dlq")
+console = Console()
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(code=1)
+
+
+@app.command()
+def up() -> None:
+    """Start the embedded local stack (Kafka, Redis, Ray + Serve, services) in the background."""
+    import time
+
+    from infra.local.stack import LocalStack
+
+    stack = LocalStack(_settings())
+    if stack.is_up():
+        console.print("signalops is already up.")
+        return
+    started_at = time.monotonic()
+    try:
+        with console.status("starting") as status:
+            stack.up(on_step=lambda name: status.update(f"starting {name}"))
+    except SignalopsError as exc:
+        raise _fail(exc) from None
+    console.print(f"signalops is up in {time.monotonic() - started_at:.1f}s.")
+    _print_status(stack)
+
+
+@app.command()
+def down() -> None:
+    """Stop everything `up` started; nothing is left running."""
+    from infra.local.stack import LocalStack
+
+    stopped = LocalStack(_settings()).down()
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running.")
+
+
+@app.command()
+def status() -> None:
+    """Show each component of the local stack: running, healthy, where."""
+    from infra.local.stack import LocalStack
+
+    stack = LocalStack(_settings())
+    _print_status(stack)
+    if not all(ok for _, _, ok in stack.status()):
+        raise typer.Exit(code=3)
+
+
+def _print_status(stack) -> None:  # type: ignore[no-untyped-def]
+    table = Table("component", "running", "healthy", "port", "log")
+    for comp, running, healthy in stack.status():
+        table.add_row(
+            comp.name,
+            "yes" if running else "no",
+            "[green]yes[/green]" if healthy else "[red]no[/red]",
+            str(comp.port),
+            str(stack.proc(comp.name).log_file),
+        )
+    console.print(table)
+    console.print(f"Ray dashboard: http://127.0.0.1:{stack.s.ray_dashboard_port}")
+
+
+@app.command()
+def demo(
+    duration: Annotated[float, typer.Option(help="Seconds to run; 0 runs until Ctrl-C.")] = 0,
+    rate: Annotated[float, typer.Option(help="Signals per second.")] = 40.0,
+    keep: Annotated[bool, typer.Option(help="Leave the stack running afterwards.")] = False,
+) -> None:
+    """Start the stack and run synthetic sources through the whole loop, live."""
+    from infra.demo import run_demo
+    from infra.local.stack import LocalStack
+
+    stack = LocalStack(_settings())
+    try:
+        if not stack.is_up():
+            with console.status("starting the stack") as st:
+                stack.up(on_step=lambda name: st.update(f"starting {name}"))
+        run_demo(stack.s, console, duration_s=duration, rate=rate)
+    except SignalopsError as exc:
+        raise _fail(exc) from None
+    finally:
+        if not keep:
+            with console.status("stopping the stack"):
+                stack.down()
+            console.print("stack stopped.")
+
+
+@app.command()
+def retrain(
+    model: Annotated[str, typer.Option(help="Model name from the definitions file.")],
+    reason: Annotated[str, typer.Option(help="Why; kept with the new version.")] = "manual",
+) -> None:
+    """Publish a retrain request; the retrain service trains, registers and may promote."""
+    from infra.kafka_tools import publish_one
+    from libs.common.schemas import RetrainModel
+
+    s = _settings()
+    msg = RetrainModel(model=model, reason=reason, requested_by="cli")
+    asyncio.run(publish_one(s.kafka_bootstrap, s.topics.retrain, msg, key=model))
+    console.print(f"retrain requested for {model!r} (request {msg.event_id}).")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Registered model versions with aliases and metrics."""
+    from services.retrain.adapters import registry
+
+    s = _settings()
+    table = Table("model", "version", "aliases", "auc", "rows", "reason", "created")
+    from libs.common.definitions import load_definitions
+
+    for m in load_definitions(s.definitions).models:
+        for v in registry.list_versions(s, m.name):
+            table.add_row(
+                m.name,
+                str(v.version),
+                ",".join(v.aliases),
+                f"{v.metrics.get('auc', float('nan')):.3f}",
+                str(int(v.metrics.get("rows", 0))),
+                v.reason,
+                str(v.created),
+            )
+    console.print(table)
+
+
+@models_app.command("promote")
+def models_promote(name: str, version: str) -> None:
+    """Make VERSION the champion of NAME; serve follows within seconds."""
+    from services.retrain.adapters import registry
+
+    try:
+        registry.promote_and_announce(_settings(), name, version)
+    except SignalopsError as exc:
+        raise _fail(exc) from None
+    console.print(f"{name} version {version} is champion.")
+
+
+@models_app.command("rollback")
+def models_rollback(name: str) -> None:
+    """Give the champion alias back to the previous champion."""
+    from services.retrain.adapters import registry
+
+    try:
+        version = registry.rollback_and_announce(_settings(), name)
+    except SignalopsError as exc:
+        raise _fail(exc) from None
+    console.print(f"{name} rolled back to version {version}.")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    limit: Annotated[int, typer.Option(help="Most recent N.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Dead letters with stage, source, reason and detail."""
+    from infra.kafka_tools import read_to_end
+    from libs.common.schemas import RecordRejected
+
+    s = _settings()
+    rows = [
+        RecordRejected.from_bytes(b)
+        for b in asyncio.run(read_to_end(s.kafka_bootstrap, s.topics.dlq))
+    ][-limit:]
+    if as_json:
+        for r in rows:
+            console.print_json(r.model_dump_json())
+        return
+    table = Table("time", "stage", "source", "reason", "detail", "original")
+    for r in rows:
+        table.add_row(
+            r.event_time.strftime("%H:%M:%S"),
+            r.stage,
+            r.source,
+            r.reason,
+            r.detail[:60],
+            r.original[:40].decode(errors="replace"),
+        )
+    console.print(table)
+    console.print(f"{len(rows)} dead letters shown.")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
+    to: Annotated[str | None, typer.Option(help="Target topic; default signals.raw.")] = None,
+) -> None:
+    """Send dead letters' original bytes back through ingest (to the raw topic)."""
+    from infra.kafka_tools import read_to_end
+    from libs.common.clients.kafka import KafkaPublisher
+    from libs.common.schemas import RecordRejected
+
+    s = _settings()
+    letters = [
+        RecordRejected.from_bytes(b)
+        for b in asyncio.run(read_to_end(s.kafka_bootstrap, s.topics.dlq))
+    ]
+    chosen = [r for r in letters if reason is None or r.reason == reason]
+
+    async def _replay() -> None:
+        pub = KafkaPublisher(s.kafka_bootstrap, client_id="signalops-dlq-replay")
+        await pub.start()
+        try:
+            for r in chosen:
+                await pub.publish_raw(to or s.topics.raw, r.original, key=r.original_key)
+        finally:
+            await pub.stop()
+
+    asyncio.run(_replay())
+    console.print(f"replayed {len(chosen)} of {len(letters)} dead letters to {to or s.topics.raw}.")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -212,7 +212,7 @@ def dlq_replay(
     reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
     to: Annotated[str | None, typer.Option(help="Target topic; default signals.raw.")] = None,
 ) -> None:
-    """Send dead letters' original bytes back through ingest (to the raw topic)."""
+    """Send dead letters' original bytes back through ingest (signals via the raw topic)."""
     from infra.kafka_tools import read_to_end
     from libs.common.clients.kafka import KafkaPublisher
     from libs.common.schemas import RecordRejected
@@ -225,11 +225,22 @@ def dlq_replay(
     chosen = [r for r in letters if reason is None or r.reason == reason]
 
     async def _replay() -> None:
+        # Outcomes have no raw topic: they go back through ingest's HTTP endpoint, so
+        # every replayed record is validated again by the same code as the first time.
+        import httpx
+
         pub = KafkaPublisher(s.kafka_bootstrap, client_id="signalops-dlq-replay")
         await pub.start()
         try:
-            for r in chosen:
-                await pub.publish_raw(to or s.topics.raw, r.original, key=r.original_key)
+            async with httpx.AsyncClient(timeout=10) as http:
+                for r in chosen:
+                    if r.source == "outcomes" and to is None:
+                        url = f"http://{s.ingest_host}:{s.ingest_port}/v1/outcomes"
+                        await http.post(
+                            url, content=r.original, headers={"content-type": "application/json"}
+                        )
+                    else:
+                        await pub.publish_raw(to or s.topics.raw, r.original, key=r.original_key)
         finally:
             await pub.stop()
 

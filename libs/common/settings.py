@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     ingest_port: int = 8100
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
+    metrics_host: str = Field("127.0.0.1", description="Bind address of /metrics servers.")
     features_metrics_port: int = 8101
     retrain_metrics_port: int = 8102
 

@@ -64,7 +64,7 @@ def main() -> None:
     settings = FeaturesSettings()
     configure_logging("features", settings.log_level)
     configure_tracing("features", settings.otlp_endpoint)
-    serve_metrics(settings.features_metrics_port)
+    serve_metrics(settings.features_metrics_port, settings.metrics_host, service="features")
 
     async def _main() -> None:
         stop = asyncio.Event()

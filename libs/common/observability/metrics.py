@@ -18,6 +18,11 @@ CONSUMER_LAG = Gauge("signalops_consumer_lag", "Messages behind the end", ["serv
 INFO = Gauge("signalops_up", "1 while the service runs", ["service"])
 
 
-def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
-    """Expose /metrics on host:port in a daemon thread (services without their own HTTP)."""
+def serve_metrics(port: int, host: str = "127.0.0.1", *, service: str | None = None) -> None:
+    """Expose /metrics on host:port in a daemon thread (services without their own HTTP).
+
+    `host` is SIGNALOPS_METRICS_HOST: loopback on a laptop, 0.0.0.0 in a pod.
+    """
     start_http_server(port, addr=host)
+    if service:
+        INFO.labels(service).set(1)

@@ -1,0 +1,156 @@
+"""The ingest HTTP API (DESIGN.md "HTTP, ingest service"), on FastAPI.
+
+Bodies are read as bytes and split here so every record keeps its original bytes;
+the answer comes only after the broker acknowledged what was published.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from aiokafka.errors import KafkaError
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from opentelemetry import trace
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from libs.common.definitions import Definitions
+from libs.common.observability import get_logger, tracer
+from libs.common.schemas import Message, Outcome, Signal
+from services.ingest.core.batch import RecordItem, split_body
+from services.ingest.core.verdicts import BatchResult
+from services.ingest.errors import BatchTooLarge, InvalidBody
+from services.ingest.handlers import IngestHandler
+from services.ingest.settings import IngestSettings
+
+# None when ready, else the reason it is not.
+Readiness = Callable[[], Awaitable[str | None]]
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+log = get_logger(__name__)
+
+
+async def always_ready() -> str | None:
+    return None
+
+
+def create_app(
+    handler: IngestHandler,
+    settings: IngestSettings,
+    definitions: Definitions,
+    *,
+    readiness: Readiness = always_ready,
+    lifespan: Lifespan | None = None,
+) -> FastAPI:
+    """The FastAPI app; `lifespan` starts and stops what the app owns (Kafka)."""
+    app = FastAPI(title="signalops ingest", version="1", lifespan=lifespan)
+
+    @app.post("/v1/signals", status_code=202, openapi_extra=_body_doc(Signal, "signals"))
+    async def post_signals(request: Request) -> Response:
+        """One signal, an array of them, or {"signals": [...]}; 202, 207, 422, 400 or 413."""
+        return await _ingest(request, "signals", handler.on_signals, handler, settings)
+
+    @app.post("/v1/outcomes", status_code=202, openapi_extra=_body_doc(Outcome, "outcomes"))
+    async def post_outcomes(request: Request) -> Response:
+        """One outcome, an array of them, or {"outcomes": [...]}; statuses as for signals."""
+        return await _ingest(request, "outcomes", handler.on_outcomes, handler, settings)
+
+    @app.get("/v1/sources")
+    async def get_sources() -> dict[str, Any]:
+        """The registered sources with their versions and field schemas."""
+        return {"sources": [s.model_dump(mode="json") for s in definitions.sources]}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        reason = await readiness()
+        if reason is None:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _body_doc(model: type[Message], wrapper: str) -> dict[str, Any]:
+    """OpenAPI request body of an ingest route: one record, an array, or the wrapper."""
+    one = model.model_json_schema()
+    many = {"type": "array", "items": one}
+    wrapped = {"type": "object", "properties": {wrapper: many}, "required": [wrapper]}
+    schema = {"anyOf": [one, many, wrapped]}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+async def _ingest(
+    request: Request,
+    wrapper: str,
+    on_items: Callable[[Sequence[RecordItem]], Awaitable[BatchResult]],
+    handler: IngestHandler,
+    settings: IngestSettings,
+) -> Response:
+    route = f"POST /v1/{wrapper}"
+    with tracer("ingest").start_as_current_span(route, kind=trace.SpanKind.SERVER) as span:
+        try:
+            body = await _read_body(request, settings.max_body_bytes)
+            items = split_body(body, wrapper=wrapper, max_records=settings.max_batch)
+        except BatchTooLarge as exc:
+            span.set_attribute("ingest.error", exc.reason)
+            return JSONResponse({"error": exc.reason, "detail": str(exc)}, status_code=413)
+        except InvalidBody as exc:
+            source = "http" if wrapper == "signals" else wrapper
+            result = await _answer(handler.on_invalid_body(body, exc, source=source))
+            return result if isinstance(result, Response) else _json(result, 400)
+        span.set_attribute("ingest.records", len(items))
+        result = await _answer(on_items(items))
+        if isinstance(result, Response):
+            return result
+        span.set_attribute("ingest.accepted", len(result.accepted))
+        span.set_attribute("ingest.rejected", len(result.rejected))
+        if not result.rejected:
+            return _json(result, 202)
+        return _json(result, 422 if not result.accepted else 207)
+
+
+async def _answer(pending: Awaitable[BatchResult]) -> BatchResult | Response:
+    """The handler's result, or 503 when the broker did not acknowledge in time.
+
+    Some records may have been published before the failure; the client retries the
+    whole request and downstream deduplicates by event id (at-least-once).
+    """
+    try:
+        return await pending
+    except (KafkaError, TimeoutError, OSError) as exc:
+        log.exception("publish_failed")
+        return JSONResponse(
+            {
+                "error": "broker_unavailable",
+                "detail": f"the broker did not acknowledge ({type(exc).__name__}); retry later",
+            },
+            status_code=503,
+        )
+
+
+def _json(result: BatchResult, status: int) -> Response:
+    return JSONResponse(result.to_json(), status_code=status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing more than `limit` bytes before reading them all."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BatchTooLarge(f"body is {declared} bytes; the limit is {limit}, split the batch")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BatchTooLarge(f"body exceeds {limit} bytes; split the batch")
+        chunks.append(chunk)
+    return b"".join(chunks)

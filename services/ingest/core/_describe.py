@@ -1,0 +1,29 @@
+"""How rejection details show values: JSON type names, short reprs, ISO times."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+JSON_TYPE = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
+
+
+def json_type(value: Any) -> str:
+    return JSON_TYPE.get(type(value), type(value).__name__)
+
+
+def show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,80 @@
+"""Verdicts on a batch: which records were accepted and which rejected, and why.
+
+`judge` runs a validator over records and records what happened; the handler then
+publishes the accepted messages and the dead letters (STYLE.md section 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from libs.common.errors import RejectedRecord
+from libs.common.schemas import Message
+from services.ingest.core.batch import RecordItem
+from services.ingest.core.validation import check_size
+
+Validator = Callable[[Any], Message]
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    index: int
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    index: int
+    reason: str
+    detail: str
+
+
+@dataclass
+class Judged:
+    """Records split into valid messages and rejections, each with its item."""
+
+    valid: list[tuple[RecordItem, Message]] = field(default_factory=list)
+    rejected: list[tuple[RecordItem, RejectedRecord]] = field(default_factory=list)
+
+
+@dataclass
+class BatchResult:
+    """What the client is told: per-record acceptance or reason, in request order."""
+
+    accepted: list[Accepted] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, judged: Judged) -> BatchResult:
+        return cls(
+            accepted=[Accepted(item.index, m.event_id) for item, m in judged.valid],
+            rejected=[Rejected(item.index, e.reason, e.detail) for item, e in judged.rejected],
+        )
+
+    def to_json(self) -> dict[str, list[dict[str, Any]]]:
+        return {
+            "accepted": [{"index": a.index, "event_id": a.event_id} for a in self.accepted],
+            "rejected": [
+                {"index": r.index, "reason": r.reason, "detail": r.detail} for r in self.rejected
+            ],
+        }
+
+
+def judge(items: Iterable[RecordItem], validate: Validator, *, max_record_bytes: int) -> Judged:
+    """Validate each record; a RejectedRecord becomes a rejection, never an exception.
+
+    Args:
+        items: records with their original bytes.
+        validate: e.g. `lambda r: validate_signal(r, definitions, now)`.
+        max_record_bytes: larger records are rejected as too_large before parsing.
+    """
+    judged = Judged()
+    for item in items:
+        try:
+            check_size(item.raw, max_record_bytes)
+            judged.valid.append((item, validate(item.record)))
+        except RejectedRecord as exc:
+            judged.rejected.append((item, exc))
+    return judged

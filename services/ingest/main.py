@@ -1,0 +1,85 @@
+"""Ingest service: HTTP and signals.raw in; signals.valid, outcomes, signals.dlq out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+import uvicorn
+from fastapi import FastAPI
+
+from libs.common.clients.kafka import Publisher
+from libs.common.definitions import Definitions, load_definitions
+from libs.common.observability import configure_logging, configure_tracing
+from libs.common.observability.metrics import INFO
+from libs.common.schemas import utcnow
+from services.ingest.adapters.http import always_ready, create_app
+from services.ingest.adapters.kafka import KafkaRuntime
+from services.ingest.handlers import IngestHandler
+from services.ingest.settings import IngestSettings
+
+
+def build_app(
+    settings: IngestSettings,
+    *,
+    publisher: Publisher | None = None,
+    definitions: Definitions | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> FastAPI:
+    """The ingest app. Given a `publisher` (tests) it owns no Kafka connection; without
+    one, its lifespan creates the topics, starts the producer and consumes signals.raw.
+    """
+    definitions = definitions or load_definitions(settings.definitions)
+    kafka: KafkaRuntime | None = None
+    if publisher is None:
+        publisher = kafka = KafkaRuntime(settings, client_id="ingest")
+    # Writes settings.topics.valid, .outcomes and .dlq (see handlers.py).
+    handler = IngestHandler(
+        definitions,
+        publisher,
+        settings.topics,
+        max_record_bytes=settings.max_record_bytes,
+        dead_letter_max_bytes=settings.dead_letter_max_bytes,
+        clock=clock,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if kafka is not None:
+            await kafka.start(settings.topics.all())
+            kafka.consume(
+                settings.topics.raw,
+                handler.on_raw_records,
+                group=settings.consumer_group,
+                session_timeout_ms=settings.consumer_session_timeout_ms,
+            )
+        try:
+            yield
+        finally:
+            if kafka is not None:
+                await kafka.stop()
+
+    ready = kafka.ready if kafka is not None else always_ready
+    return create_app(handler, settings, definitions, readiness=ready, lifespan=lifespan)
+
+
+def main() -> None:
+    """Serve until SIGTERM/SIGINT; uvicorn then runs the lifespan shutdown."""
+    settings = IngestSettings()
+    configure_logging("ingest", settings.log_level)
+    configure_tracing("ingest", settings.otlp_endpoint)
+    INFO.labels("ingest").set(1)
+    app = build_app(settings)  # an invalid definitions file fails here, before listening
+    uvicorn.run(
+        app,
+        host=settings.ingest_host,
+        port=settings.ingest_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""Ingest against the real broker: HTTP and signals.raw in, valid and dead-letter topics out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
+from libs.common.clients.kafka import ensure_topics
+from libs.common.net import free_port
+from libs.common.observability import configure_tracing, inject_headers, tracer
+from libs.common.observability.tracing import header
+from libs.common.schemas import RecordRejected, Signal, utcnow
+from libs.common.settings import Settings
+from services.ingest.main import build_app
+from services.ingest.settings import IngestSettings
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="session", name="tracing")
+def _tracing() -> None:
+    """A real tracer provider, so spans have ids that reach Kafka headers."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        configure_tracing("ingest-tests", None)
+
+
+@pytest.fixture(name="settings")
+async def _settings(
+    make_settings: Callable[..., Settings], kafka_bootstrap: str, unique: str
+) -> IngestSettings:
+    """Ingest settings on the session broker with this test's own topics and group."""
+    base = make_settings(kafka_bootstrap=kafka_bootstrap)
+    settings = IngestSettings(
+        **{**base.model_dump(), "ingest_port": free_port(), "consumer_group": f"ingest-{unique}"}
+    )
+    await ensure_topics(kafka_bootstrap, settings.topics.all(), settings.kafka_partitions)
+    return settings
+
+
+@pytest.fixture(name="ingest_url")
+async def _ingest_url(settings: IngestSettings, tracing: None) -> AsyncIterator[str]:
+    """build_app(settings) served by uvicorn on a free port, its lifespan owning Kafka."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(settings),
+            host="127.0.0.1",
+            port=settings.ingest_port,
+            log_config=None,
+            access_log=False,
+        )
+    )
+    task = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        if task.done():  # startup failed: surface its error
+            task.result()
+            raise AssertionError("uvicorn stopped before it started")
+        return server.started
+
+    await eventually(started, timeout_s=60)
+    yield f"http://127.0.0.1:{settings.ingest_port}"
+    server.should_exit = True
+    await asyncio.wait_for(task, 30)
+
+
+async def consume(
+    settings: Settings, topic: str, *, count: int, timeout_s: float = 60
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Read `topic` from the beginning until `count` records arrived (bounded wait)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    got: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            while len(got) < count:
+                batches = await consumer.getmany(timeout_ms=500)
+                got.extend(r for part in batches.values() for r in part)
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, timeout_s: float) -> None:
+    """Poll `check` until it holds; TimeoutError after `timeout_s` (never a bare sleep)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.1)
+
+
+def sensor(entity_id: str, at: datetime, **fields: Any) -> dict[str, Any]:
+    """A signal of the repository's `sensors` source (signalops.yaml)."""
+    return {
+        "source": "sensors",
+        "entity_id": entity_id,
+        "schema_version": 1,
+        "event_time": at.isoformat().replace("+00:00", "Z"),
+        "fields": {"temperature": 20.5, "vibration": 1.0, "status": "ok", **fields},
+    }
+
+
+def spawn_ingest(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start the service as `signalops up` does, its output going to `log`."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.ingest.main"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def trace_id(rec: ConsumerRecord[bytes, bytes]) -> str:
+    traceparent = header(rec.headers, "traceparent")
+    assert traceparent, f"no traceparent header on {rec.topic} record {rec.key!r}"
+    return traceparent.split("-")[1]
+
+
+async def test_http_batch_reaches_valid_and_dead_letter_topics(
+    settings: IngestSettings, ingest_url: str
+) -> None:
+    """A mixed POST lands valid signals keyed by entity and dead letters keyed by source;
+    a posted outcome lands on the outcomes topic keyed by entity."""
+    now = utcnow()
+    wrong_type = sensor("device-9", now, temperature="hot")
+    records = [
+        sensor("device-0", now),
+        wrong_type,
+        sensor("device-1", now),
+        42,
+        sensor("device-2", now, pressure=101.0),
+    ]
+    body = json.dumps({"signals": records}, indent=2).encode()
+
+    # Ready only once the producer runs and the broker answers; then post the batch.
+    async with httpx.AsyncClient(base_url=ingest_url, timeout=30) as client:
+        assert (await client.get("/readyz")).json() == {"status": "ready"}
+        response = await client.post("/v1/signals", content=body)
+    assert response.status_code == 207
+    answer = response.json()
+    assert [a["index"] for a in answer["accepted"]] == [0, 2, 4]
+    assert [(r["index"], r["reason"]) for r in answer["rejected"]] == [
+        (1, "wrong_type"),
+        (3, "invalid_envelope"),
+    ]
+
+    # The valid topic holds the three signals, keyed by entity id, with the answered ids.
+    valid = await consume(settings, settings.topics.valid, count=3)
+    got = {(r.key, Signal.from_bytes(r.value).event_id) for r in valid}
+    assert got == {
+        (f"device-{i}".encode(), a["event_id"]) for i, a in enumerate(answer["accepted"])
+    }
+    # The dead letters are keyed by source and hold each record's own bytes.
+    dlq = await consume(settings, settings.topics.dlq, count=2)
+    letters = {r.key: RecordRejected.from_bytes(r.value) for r in dlq}
+    assert set(letters) == {b"sensors", b"http"}
+    assert json.loads(letters[b"sensors"].original) == wrong_type
+    assert letters[b"http"].original == b"42"
+    assert letters[b"sensors"].original_key == "device-9"
+    # One request, one trace: every published record carries the request span's context.
+    assert len({trace_id(r) for r in valid + dlq}) == 1
+
+    # Outcomes take the same path to their own topic.
+    outcome = {
+        "model": "default",
+        "entity_id": "device-4",
+        "label": 1,
+        "event_time": (now - timedelta(hours=5)).isoformat(),
+    }
+    async with httpx.AsyncClient(base_url=ingest_url, timeout=30) as client:
+        response = await client.post("/v1/outcomes", json=outcome)
+    assert response.status_code == 202
+    (rec,) = await consume(settings, settings.topics.outcomes, count=1)
+    assert rec.key == b"device-4"
+    assert json.loads(rec.value)["event_id"] == response.json()["accepted"][0]["event_id"]
+
+
+async def test_raw_topic_is_validated_and_committed(
+    settings: IngestSettings, ingest_url: str
+) -> None:
+    """Records produced to signals.raw are validated like HTTP ones; offsets then commit."""
+    now = utcnow()
+    late = sensor("device-l", now - timedelta(hours=2))
+    raw = settings.topics.raw
+
+    # An external source produces three records, the first inside its own trace.
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        with tracer("external-source").start_as_current_span("produce"):
+            await producer.send_and_wait(
+                raw,
+                json.dumps(sensor("device-r", now)).encode(),
+                key=b"device-r",
+                headers=inject_headers(),
+            )
+        await producer.send_and_wait(raw, b"temperature=20", key=b"k-1")
+        await producer.send_and_wait(raw, json.dumps(late).encode(), key=b"device-l")
+    finally:
+        await producer.stop()
+
+    # The service's raw consumer validates them: one valid signal, two dead letters.
+    (valid,) = await consume(settings, settings.topics.valid, count=1)
+    assert valid.key == b"device-r"
+    assert Signal.from_bytes(valid.value).fields["temperature"] == 20.5
+    assert trace_id(valid)
+    dlq = await consume(settings, settings.topics.dlq, count=2)
+    letters = [(RecordRejected.from_bytes(r.value), r.key) for r in dlq]
+    assert sorted(
+        (d.reason, d.source, d.original_topic, d.original_key, key) for d, key in letters
+    ) == [
+        ("invalid_json", raw, raw, "k-1", raw.encode()),
+        ("too_late", "sensors", raw, "device-l", b"sensors"),
+    ]
+
+    # Offsets are committed once the effects are durable (bounded wait for the commit),
+    # read by a consumer of the same group that does not join it.
+    observer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+    )
+    await observer.start()
+    partitions = [TopicPartition(raw, p) for p in range(settings.kafka_partitions)]
+    try:
+
+        async def committed() -> bool:
+            return sum([await observer.committed(tp) or 0 for tp in partitions]) == 3
+
+        await eventually(committed, timeout_s=30)
+    finally:
+        await observer.stop()
+
+
+async def test_python_dash_m_entry_point_serves_and_stops_on_sigterm(
+    settings: IngestSettings, tmp_path: Path
+) -> None:
+    """`python -m services.ingest.main` (what `signalops up` spawns) serves, then exits 0."""
+    env = {
+        **os.environ,
+        "SIGNALOPS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "SIGNALOPS_INGEST_PORT": str(settings.ingest_port),
+        "SIGNALOPS_DEFINITIONS": str(settings.definitions),
+        "SIGNALOPS_DATA_DIR": str(settings.data_dir),
+        "SIGNALOPS_CONSUMER_GROUP": settings.consumer_group,
+        "SIGNALOPS_KAFKA_PARTITIONS": str(settings.kafka_partitions),
+    }
+    env.update({f"SIGNALOPS_TOPICS__{k.upper()}": v for k, v in settings.topics})
+    log = tmp_path / "ingest.log"
+    proc = spawn_ingest(env, log)
+    try:
+        # Bounded wait until it is ready, then one signal end to end.
+        url = f"http://127.0.0.1:{settings.ingest_port}"
+        async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+
+            async def ready() -> bool:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                try:
+                    return (await client.get("/readyz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(ready, timeout_s=90)
+            response = await client.post("/v1/signals", json=sensor("device-m", utcnow()))
+        assert response.status_code == 202
+        (rec,) = await consume(settings, settings.topics.valid, count=1)
+        assert rec.key == b"device-m"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 30)
+    output = log.read_text()
+    # uvicorn finishes its graceful shutdown, then re-raises the SIGTERM it caught.
+    assert code in (0, -signal.SIGTERM), output[-3000:]
+    assert "Application shutdown complete" in output
+    assert '"event": "kafka_started"' in output  # structured JSON logs

@@ -1,0 +1,1 @@
+"""Ray Serve inference: the prediction API with priorities, fallbacks and hot swaps."""

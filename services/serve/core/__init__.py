@@ -1,0 +1,1 @@
+"""Pure serving logic: scoring and answers, priorities, the champion/challenger split."""

@@ -1,0 +1,58 @@
+"""What the serve service needs from the outside: models, a prediction log, model events.
+
+The in-memory fakes in `memory.py` implement the same protocols.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+import lightgbm as lgb
+
+from libs.common.schemas import ModelChanged, PredictionMade
+
+OnModelChanged = Callable[[ModelChanged], Awaitable[None]]
+
+
+class ModelSource(Protocol):
+    """A model registry. Both calls block (network, disk); run them in a thread."""
+
+    def version_of(self, name: str, alias: str) -> str | None:
+        """The version `alias` points at, or None when the model or alias does not exist."""
+        ...
+
+    def load(self, name: str, version: str) -> lgb.Booster:
+        """The booster of one registered version."""
+        ...
+
+
+class PredictionSink(Protocol):
+    """The prediction log. `emit` never blocks and never raises: the request goes on."""
+
+    async def start(self) -> None: ...
+
+    def emit(self, items: Sequence[tuple[str, PredictionMade]]) -> None:
+        """Queue (key, record) pairs, keyed by entity id."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    def stats(self) -> dict[str, int]:
+        """Counts of queued, sent, failed and dropped records."""
+        ...
+
+
+class ModelEvents(Protocol):
+    """A feed of ModelChanged facts, read from the moment `start` returns."""
+
+    async def start(self) -> None:
+        """Connect and position at the end of the feed; later events are all delivered."""
+        ...
+
+    async def run(self, on_event: OnModelChanged, stop: asyncio.Event) -> None:
+        """Deliver events to `on_event` until `stop` is set; raises on a broken feed."""
+        ...
+
+    async def stop(self) -> None: ...

@@ -1,0 +1,75 @@
+"""In-memory model source, prediction log and model events: the fakes for serve tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import lightgbm as lgb
+
+from libs.common.schemas import ModelChanged, PredictionMade
+from services.serve.adapters.base import OnModelChanged
+
+
+@dataclass
+class MemoryModelSource:
+    """Registered boosters by (name, version) and aliases by (name, alias)."""
+
+    boosters: dict[tuple[str, str], lgb.Booster] = field(default_factory=dict)
+    aliases: dict[tuple[str, str], str] = field(default_factory=dict)
+    loads: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def register(
+        self, name: str, version: str, booster: lgb.Booster, alias: str | None = "champion"
+    ) -> None:
+        self.boosters[(name, version)] = booster
+        if alias:
+            self.aliases[(name, alias)] = version
+
+    def version_of(self, name: str, alias: str) -> str | None:
+        return self.aliases.get((name, alias))
+
+    def load(self, name: str, version: str) -> lgb.Booster:
+        self.loads[(name, version)] += 1
+        return self.boosters[(name, version)]
+
+
+@dataclass
+class MemoryPredictionLog:
+    records: list[tuple[str, PredictionMade]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        return None
+
+    def emit(self, items: Sequence[tuple[str, PredictionMade]]) -> None:
+        self.records.extend(items)
+
+    async def stop(self) -> None:
+        return None
+
+    def stats(self) -> dict[str, int]:
+        return {"queued": 0, "sent": len(self.records), "failed": 0, "dropped": 0}
+
+
+@dataclass
+class MemoryModelEvents:
+    queue: asyncio.Queue[ModelChanged] = field(default_factory=asyncio.Queue)
+
+    async def start(self) -> None:
+        return None
+
+    async def publish(self, event: ModelChanged) -> None:
+        await self.queue.put(event)
+
+    async def run(self, on_event: OnModelChanged, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                event = await asyncio.wait_for(self.queue.get(), timeout=0.05)
+            except TimeoutError:
+                continue
+            await on_event(event)
+
+    async def stop(self) -> None:
+        return None

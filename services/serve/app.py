@@ -1,0 +1,238 @@
+"""The HTTP face of serve: a FastAPI app over InferenceService, and the Serve deployment.
+
+`create_app` needs no Ray (tests drive it with httpx and fakes); `SignalopsServe` is
+the thin deployment class that builds the real adapters in its replica.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from opentelemetry.propagate import extract
+from opentelemetry.trace import SpanKind
+from ray import serve
+
+from libs.common.clients.redis import RedisFeatureStore, make_redis
+from libs.common.definitions import load_definitions
+from libs.common.observability.logging import configure_logging, get_logger
+from libs.common.observability.tracing import configure_tracing, tracer
+from libs.common.schemas import new_id
+from services.serve.adapters.model_events import KafkaModelEvents
+from services.serve.adapters.prediction_log import KafkaPredictionLog
+from services.serve.adapters.registry import MlflowModelSource
+from services.serve.core.priority import parse_priority
+from services.serve.errors import (
+    BadPriority,
+    BatchTooLarge,
+    FeatureStoreUnavailable,
+    Forbidden,
+    InvalidFeatures,
+    Overloaded,
+    ServeError,
+    Unauthorized,
+    UnknownModel,
+)
+from services.serve.schemas import BatchPredictRequest, PredictionAnswer, PredictRequest
+from services.serve.service import InferenceService
+from services.serve.settings import ServeSettings
+
+log = get_logger(__name__)
+
+_STATUS: dict[type[ServeError], int] = {
+    UnknownModel: 404,
+    InvalidFeatures: 400,
+    BadPriority: 400,
+    Overloaded: 429,
+    BatchTooLarge: 413,
+    Unauthorized: 401,
+    Forbidden: 403,
+    FeatureStoreUnavailable: 503,
+}
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **extra}, status_code=status)
+
+
+def _json(answer: PredictionAnswer, explain: bool) -> str:
+    return answer.model_dump_json(exclude=None if explain else {"contributions"})
+
+
+def _check_admin(authorization: str | None, token: str) -> None:
+    scheme, _, value = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthorized("admin actions need the header 'Authorization: Bearer <admin token>'")
+    presented = value.strip().encode("utf-8", "surrogatepass")
+    if not hmac.compare_digest(presented, token.encode()):
+        raise Forbidden("the bearer token does not carry the admin scope")
+
+
+def create_app(service: InferenceService, *, manage_lifecycle: bool = False) -> FastAPI:
+    """The prediction API (DESIGN.md "HTTP, Ray Serve") over `service`.
+
+    Args:
+        service: answers predictions and holds the models.
+        manage_lifecycle: start and stop the service with the app's lifespan (the
+            deployment does; tests that drive the app directly start it themselves).
+    """
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            await service.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                await service.stop()
+
+    app = FastAPI(title="signalops serve", version="1", lifespan=lifespan)
+    admin_token = service.settings.admin_token.get_secret_value()
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(_request: Request, exc: ServeError) -> JSONResponse:
+        status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 500)
+        response = _error(status, exc.code, str(exc))
+        if isinstance(exc, Overloaded):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        if isinstance(exc, Unauthorized):
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {
+                "loc": [str(p) for p in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
+            for e in exc.errors()[:20]
+        ]
+        message = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:5])
+        return _error(422, "invalid_request", message or "invalid request", detail=errors)
+
+    @app.post("/v1/predict")
+    async def predict(
+        body: PredictRequest,
+        request: Request,
+        explain: bool = Query(False, description="Add per-feature contributions."),
+        x_priority: str | None = Header(None, description="high, normal (default) or low"),
+    ) -> Response:
+        priority = parse_priority(x_priority)
+        with (
+            tracer().start_as_current_span(
+                "serve.predict",
+                context=extract(request.headers),
+                kind=SpanKind.SERVER,
+                attributes={"entity_id": body.entity_id, "priority": priority.value},
+            ) as span,
+            service.limiter.admit(priority),
+        ):
+            (answer,) = await service.predict([body], explain=explain)
+            span.set_attribute("model.version", answer.model.version)
+            span.set_attribute("model.variant", answer.model.variant)
+        return Response(_json(answer, explain), media_type="application/json")
+
+    @app.post("/v1/predict/batch")
+    async def predict_batch(
+        body: BatchPredictRequest,
+        request: Request,
+        explain: bool = Query(False, description="Add per-feature contributions."),
+        x_priority: str | None = Header(None, description="high, normal (default) or low"),
+    ) -> Response:
+        priority = parse_priority(x_priority)
+        with (
+            tracer().start_as_current_span(
+                "serve.predict_batch",
+                context=extract(request.headers),
+                kind=SpanKind.SERVER,
+                attributes={"batch.size": len(body.requests), "priority": priority.value},
+            ),
+            service.limiter.admit(priority),
+        ):
+            answers = await service.predict(body.requests, explain=explain)
+        content = '{"predictions":[' + ",".join(_json(a, explain) for a in answers) + "]}"
+        return Response(content, media_type="application/json")
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return service.catalog.view().model_dump()
+
+    @app.post("/v1/admin/reload")
+    async def reload(authorization: str | None = Header(None)) -> dict[str, Any]:
+        _check_admin(authorization, admin_token)
+        with tracer().start_as_current_span("serve.admin_reload"):
+            changed = await service.catalog.refresh_all()
+        log.info("admin_reload", changed=changed)
+        return {"changed": changed, **service.catalog.view().model_dump()}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return service.health()
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ready, detail = await service.readiness()
+        return JSONResponse(detail, status_code=200 if ready else 503)
+
+    return app
+
+
+def build_service(settings: ServeSettings, *, replica: str | None = None) -> InferenceService:
+    """The service with its real adapters: Redis, MLflow, Kafka (nothing connects yet)."""
+    replica = replica or new_id()[:8]
+    return InferenceService(
+        settings,
+        load_definitions(settings.definitions),
+        store=RedisFeatureStore(make_redis(settings.redis_url, settings.call_timeout_s)),
+        models=MlflowModelSource(settings.tracking_uri),
+        prediction_log=KafkaPredictionLog(
+            settings.kafka_bootstrap,
+            settings.topics.predictions,
+            client_id=f"serve-{replica}",
+            partitions=settings.kafka_partitions,
+            max_pending=settings.prediction_log_max_pending,
+            timeout_s=settings.call_timeout_s * 5,
+        ),
+        events=KafkaModelEvents(
+            settings.kafka_bootstrap,
+            settings.topics.models,
+            client_id=f"serve-{replica}",
+            partitions=settings.kafka_partitions,
+        ),
+    )
+
+
+def _replica_id() -> str | None:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside a replica (not expected in the deployment)
+        return None
+
+
+@serve.deployment(name="SignalopsServe")
+@serve.ingress()
+class SignalopsServe:
+    """The Serve deployment: builds the service in the replica, serves its FastAPI app.
+
+    Args:
+        settings: ServeSettings as a JSON dict (settings_payload), since a replica's
+            environment and working directory are not the driver's.
+    """
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self._settings = ServeSettings(**settings)
+        configure_logging("serve", self._settings.log_level)
+        configure_tracing("serve", self._settings.otlp_endpoint)
+        self._service = build_service(self._settings, replica=_replica_id())
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        # Serve runs the app's lifespan after this: champions load, events are followed.
+        return create_app(self._service, manage_lifecycle=True)

@@ -1,0 +1,263 @@
+"""Scoring: a Predictor around a LightGBM booster, and the answers built from it.
+
+Pure: values in, values out. Fetching features, loading models and publishing the
+prediction log happen in the adapters; this module decides what the answer says.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import lightgbm as lgb
+import numpy as np
+
+from libs.common.definitions import ModelDefinition
+from libs.common.features import model_columns, to_row
+from libs.common.schemas import ModelRef, PredictionMade, Variant
+from services.serve.errors import InvalidFeatures, ModelMismatch
+from services.serve.schemas import PredictionAnswer
+
+# Why an answer is degraded; clients and the drift monitor read these names.
+NO_MODEL = "no_model"
+NO_FEATURES = "no_features"
+PARTIAL_FEATURES = "partial_features"
+FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
+
+BIAS = "bias"  # key of the expected value in contributions; no 'view.feature' can clash
+MODEL_FILE = "model.lgb"  # what mlflow.lightgbm.log_model writes for a Booster
+
+
+class Predictor:
+    """A LightGBM booster with its input columns; rows are in `columns` order."""
+
+    def __init__(self, booster: lgb.Booster, columns: Sequence[str]) -> None:
+        self._booster = booster
+        self.columns = list(columns)
+
+    @classmethod
+    def from_booster(cls, booster: lgb.Booster, columns: Sequence[str] | None = None) -> Predictor:
+        """Wrap `booster`; with `columns`, check that it was trained on exactly those.
+
+        Raises:
+            ModelMismatch: the booster's feature names differ from `columns`.
+        """
+        names = list(booster.feature_name())
+        if columns is not None and names != list(columns):
+            raise ModelMismatch(
+                f"booster inputs {names} differ from the definitions' {list(columns)}; "
+                "retrain the model with the current definitions file"
+            )
+        return cls(booster, names)
+
+    @classmethod
+    def from_model_dir(cls, path: Path | str, columns: Sequence[str] | None = None) -> Predictor:
+        """Load `model.lgb` from an MLflow model directory (or a model file itself)."""
+        path = Path(path)
+        file = path / MODEL_FILE if path.is_dir() else path
+        return cls.from_booster(lgb.Booster(model_file=str(file)), columns)
+
+    @classmethod
+    def for_model(cls, booster: lgb.Booster, model: ModelDefinition) -> Predictor:
+        return cls.from_booster(booster, model_columns(model))
+
+    def _matrix(self, rows: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+        x = np.asarray(rows, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(self.columns):
+            raise ValueError(f"rows must have shape (n, {len(self.columns)}), got {x.shape}")
+        return x
+
+    def predict(self, rows: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+        """Scores (probabilities for a binary objective); NaN means missing to LightGBM."""
+        # One thread: single rows and small batches are faster without OpenMP fan-out.
+        return np.asarray(self._booster.predict(self._matrix(rows), num_threads=1))
+
+    def raw_scores(self, rows: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+        return np.asarray(self._booster.predict(self._matrix(rows), raw_score=True, num_threads=1))
+
+    def contributions(
+        self, rows: Sequence[Sequence[float]] | np.ndarray, names: Sequence[str] | None = None
+    ) -> list[dict[str, float]]:
+        """Per-row SHAP contributions (LightGBM pred_contrib), keyed by `names` plus 'bias'.
+
+        The values of a row sum to its raw score (log-odds for a binary objective).
+        """
+        keys = [*(names or self.columns), BIAS]
+        if len(keys) != len(self.columns) + 1:
+            raise ValueError(f"need {len(self.columns)} names, got {len(keys) - 1}")
+        contrib = np.asarray(
+            self._booster.predict(self._matrix(rows), pred_contrib=True, num_threads=1)
+        )
+        return [dict(zip(keys, map(float, r), strict=True)) for r in contrib]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded model version; immutable, so a swap is one reference assignment."""
+
+    name: str
+    version: str
+    variant: Variant
+    predictor: Predictor
+    loaded_at: datetime
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(name=self.name, version=self.version, variant=self.variant)
+
+
+@dataclass(frozen=True)
+class ModelSlot:
+    """What serves one model now; a challenger exists only next to a champion."""
+
+    champion: ServedModel | None = None
+    challenger: ServedModel | None = None
+
+    def pick(self, variant: Variant) -> ServedModel | None:
+        if variant == "challenger" and self.challenger is not None:
+            return self.challenger
+        return self.champion
+
+
+class VectorLike(Protocol):
+    """A stored feature vector as the online store returns it (StoredVector)."""
+
+    @property
+    def values(self) -> Mapping[str, float | None]: ...
+
+    @property
+    def updated_at(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class FeatureRow:
+    """A model input row and what the answer says about where it came from."""
+
+    row: list[float]
+    features: dict[str, float | None]
+    freshness_s: float | None
+    reasons: tuple[str, ...] = ()
+
+
+def check_supplied(model: ModelDefinition, supplied: Mapping[str, object] | None) -> None:
+    """Supplied features must be references the model uses.
+
+    Raises:
+        InvalidFeatures: naming the unknown references and the known ones.
+    """
+    if not supplied:
+        return
+    unknown = sorted(set(supplied) - set(model.features))
+    if unknown:
+        shown = ", ".join(repr(u[:80]) for u in unknown[:5])
+        raise InvalidFeatures(
+            f"model {model.name!r} has no feature {shown}; features are given as "
+            f"'view.feature', one of {model.features}"
+        )
+
+
+def assemble_features(
+    model: ModelDefinition,
+    vectors: Mapping[str, VectorLike],
+    supplied: Mapping[str, float | None] | None,
+    now: float,
+) -> FeatureRow | None:
+    """The input row of `model` from stored vectors, overlaid with supplied values.
+
+    Args:
+        model: the model definition (feature order).
+        vectors: view name -> stored vector, for the views found in the store.
+        supplied: 'view.feature' -> value from the request, overriding stored ones.
+        now: epoch seconds; freshness is `now` minus the oldest vector's write time.
+
+    Returns:
+        None on cold start (nothing stored, nothing supplied); else the row, with
+        PARTIAL_FEATURES when some feature came from neither source.
+    """
+    supplied = supplied or {}
+    views: dict[str, dict[str, float | None]] = {v: dict(vec.values) for v, vec in vectors.items()}
+    for ref, value in supplied.items():
+        view, _, feat = ref.partition(".")
+        views.setdefault(view, {})[feat] = value
+    available = {ref for ref in model.features if ref.partition(".")[0] in vectors} | set(supplied)
+    if not available:
+        return None
+    row = to_row(model, views)
+    features = {
+        ref: (None if math.isnan(v) else v) for ref, v in zip(model.features, row, strict=True)
+    }
+    freshness = max((now - vec.updated_at for vec in vectors.values()), default=None)
+    reasons = (PARTIAL_FEATURES,) if len(available) < len(model.features) else ()
+    return FeatureRow(row, features, None if freshness is None else max(freshness, 0.0), reasons)
+
+
+def fallback_answer(
+    *,
+    prediction_id: str,
+    entity_id: str,
+    model: ModelDefinition,
+    version: str | None,
+    reasons: Sequence[str],
+    freshness_s: float | None = None,
+    latency_ms: float = 0.0,
+    explain: bool = False,
+) -> PredictionAnswer:
+    """The definitions' fallback score, degraded, naming why the model did not answer.
+
+    `version` is the champion that would have answered, 'none' when none is loaded.
+    """
+    return PredictionAnswer(
+        prediction_id=prediction_id,
+        entity_id=entity_id,
+        score=model.fallback.score,
+        model=ModelRef(name=model.name, version=version or "none", variant="fallback"),
+        degraded=True,
+        reasons=list(reasons),
+        feature_freshness_s=freshness_s,
+        latency_ms=latency_ms,
+        contributions={} if explain else None,
+    )
+
+
+def scored_answer(
+    *,
+    prediction_id: str,
+    entity_id: str,
+    served: ServedModel,
+    score: float,
+    features: FeatureRow,
+    latency_ms: float = 0.0,
+    contributions: dict[str, float] | None = None,
+) -> PredictionAnswer:
+    """The model's own score; degraded only when some inputs were missing."""
+    return PredictionAnswer(
+        prediction_id=prediction_id,
+        entity_id=entity_id,
+        score=float(score),
+        model=served.ref,
+        degraded=bool(features.reasons),
+        reasons=list(features.reasons),
+        feature_freshness_s=features.freshness_s,
+        latency_ms=latency_ms,
+        contributions=contributions,
+    )
+
+
+def prediction_event(
+    answer: PredictionAnswer, features: Mapping[str, float | None], at: datetime
+) -> PredictionMade:
+    """The prediction-log record of an answer; its event id is the prediction id."""
+    return PredictionMade(
+        event_id=answer.prediction_id,
+        event_time=at,
+        entity_id=answer.entity_id,
+        model=answer.model,
+        score=answer.score,
+        features=dict(features),
+        degraded=answer.degraded,
+        reasons=list(answer.reasons),
+    )

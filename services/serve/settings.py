@@ -1,0 +1,73 @@
+"""Settings of the serve service: replica sizing, priority thresholds, traffic split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from libs.common.settings import Settings
+
+
+class ServeSettings(Settings):
+    """Everything a serve replica needs; env vars `SIGNALOPS_SERVE_*` and friends."""
+
+    serve_num_replicas: int = Field(2, ge=1, description="Two replicas keep serving on redeploys.")
+    serve_num_cpus: float = Field(0.25, gt=0, description="CPUs reserved per replica.")
+    serve_max_ongoing_requests: int = Field(
+        256, ge=1, description="Serve's per-replica concurrency; must cover the hard cap."
+    )
+
+    # In-replica priority limiter (RAY_NOTES.md "Prioritisation"): a request of a
+    # class is admitted while in-flight requests are below its threshold.
+    priority_low_limit: int = Field(32, ge=1)
+    priority_normal_limit: int = Field(128, ge=1)
+    priority_hard_cap: int = Field(256, ge=1)
+    retry_after_s: int = Field(1, ge=1)
+
+    challenger_fraction: float = Field(
+        0.1, ge=0.0, le=1.0, description="Share of entities routed to a 'challenger' alias."
+    )
+    batch_max: int = Field(1000, ge=1, description="Most requests in one batch call (else 413).")
+    predict_inline_max_rows: int = Field(
+        64, ge=1, description="Bigger batches are scored in a worker thread, off the event loop."
+    )
+
+    feature_timeout_s: float = Field(0.25, gt=0, description="Budget of one online-store read.")
+    breaker_fail_max: int = Field(5, ge=1)
+    breaker_reset_s: float = Field(10.0, gt=0)
+
+    registry_poll_s: float = Field(
+        10.0, ge=0, description="Re-check registry aliases this often; 0 turns polling off."
+    )
+    prediction_log_max_pending: int = Field(10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> ServeSettings:
+        if not (self.priority_low_limit <= self.priority_normal_limit <= self.priority_hard_cap):
+            raise ValueError(
+                "priority limits must satisfy low <= normal <= hard cap, got "
+                f"{self.priority_low_limit}, {self.priority_normal_limit}, "
+                f"{self.priority_hard_cap}"
+            )
+        return self
+
+
+def settings_payload(settings: Settings, *, include_secrets: bool = True) -> dict[str, Any]:
+    """Settings as a JSON-able dict for a replica on another process or node.
+
+    Paths become absolute and the tracking URI explicit, since a replica's working
+    directory is not the driver's. With `include_secrets` the admin token travels
+    along (a plain JSON dump would mask it as '**********'); without, it is left
+    out and the replica reads SIGNALOPS_ADMIN_TOKEN from its node's environment,
+    which keeps it out of Serve's stored deployment arguments.
+    """
+    payload = settings.model_dump(mode="json")
+    payload["data_dir"] = str(settings.data_dir.resolve())
+    payload["definitions"] = str(settings.definitions.resolve())
+    payload["mlflow_tracking_uri"] = settings.tracking_uri
+    if include_secrets:
+        payload["admin_token"] = settings.admin_token.get_secret_value()
+    else:
+        payload.pop("admin_token", None)
+    return payload

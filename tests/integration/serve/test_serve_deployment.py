@@ -1,0 +1,238 @@
+"""The serve application on the session's Ray cluster, over real HTTP, Redis, Kafka, MLflow.
+
+One deployment for the whole module (deploys are the slow part); tests that move the
+champion come last and the others read the current champion from the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from ray import serve
+
+from libs.common.clients.kafka import KafkaPublisher, ensure_topics
+from libs.common.clients.redis import RedisFeatureStore, StoredVector, make_redis
+from libs.common.definitions import Definitions, load_definitions
+from libs.common.schemas import ModelChanged, PredictionMade
+from libs.common.settings import Topics
+from services.serve.main import APP_NAME, deploy
+from services.serve.settings import ServeSettings
+
+pytestmark = pytest.mark.integration
+TOKEN = "integration-admin-token"
+
+
+@dataclass
+class Deployed:
+    settings: ServeSettings
+    definitions: Definitions
+    http: httpx.AsyncClient
+    known: str
+    unknown: str
+
+    @property
+    def model(self) -> str:
+        return self.definitions.models[0].name
+
+
+async def wait_for(check: Callable[[], Awaitable[Any]], timeout_s: float = 60.0) -> Any:
+    """Poll `check` until it returns something truthy; TimeoutError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout_s:.0f}s")
+        await asyncio.sleep(0.25)
+
+
+@pytest.fixture(scope="module", name="deployed")
+async def _deployed(
+    ray_cluster: str,
+    serve_port: int,
+    redis_url: str,
+    kafka_bootstrap: str,
+    mlflow_uri: str,
+    register_model,
+    serve_definitions,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Deployed]:
+    """Register champion v1, store one entity's features, deploy, yield an HTTP client."""
+    suffix = uuid.uuid4().hex[:8]
+    tmp = tmp_path_factory.mktemp("serve")
+    definitions_path = serve_definitions(tmp, suffix)
+    definitions = load_definitions(definitions_path)
+    settings = ServeSettings(
+        data_dir=tmp / "data",
+        definitions=definitions_path,
+        topics=Topics(**{k: f"{v}.{suffix}" for k, v in Topics().model_dump().items()}),
+        kafka_bootstrap=kafka_bootstrap,
+        kafka_partitions=2,
+        redis_url=redis_url,
+        mlflow_tracking_uri=mlflow_uri,
+        ray_address=ray_cluster,
+        serve_port=serve_port,
+        admin_token=TOKEN,
+        serve_num_replicas=1,
+        registry_poll_s=600,  # so a swap in these tests can only come from the event
+    )
+    register_model(definitions.models[0], 1)
+    await ensure_topics(kafka_bootstrap, settings.topics.all(), settings.kafka_partitions)
+
+    known = f"dev-{suffix}"
+    store = RedisFeatureStore(make_redis(redis_url))
+    view = definitions.feature_views[0]
+    now = time.time()
+    values = {f.name: float(i) for i, f in enumerate(view.features)}
+    await store.write_vectors([(view.name, view.version, known, StoredVector(values, now, now))])
+    await store.close()
+
+    await asyncio.to_thread(deploy, settings, timeout_s=180)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{serve_port}", timeout=30) as http:
+        yield Deployed(settings, definitions, http, known, f"cold-{suffix}")
+    await asyncio.to_thread(serve.delete, APP_NAME)
+
+
+def champion_version(mlflow_uri: str, name: str) -> str:
+    from mlflow import MlflowClient
+
+    return str(MlflowClient(mlflow_uri).get_model_version_by_alias(name, "champion").version)
+
+
+async def test_ready_after_deploy(deployed: Deployed) -> None:
+    """/readyz is 200 and names the loaded champion and the followed model events."""
+    r = await deployed.http.get("/readyz")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["models"][deployed.model].startswith("champion v")
+    assert body["model_events"] == "following"
+
+
+async def test_predict_answers_with_the_champion(deployed: Deployed, mlflow_uri: str) -> None:
+    """A known entity is scored by the registry's champion, with features' freshness."""
+    r = await deployed.http.post("/v1/predict", json={"entity_id": deployed.known})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == {
+        "name": deployed.model,
+        "variant": "champion",
+        "version": champion_version(mlflow_uri, deployed.model),
+    }
+    assert 0 <= body["score"] <= 1 and body["degraded"] is False
+    assert body["feature_freshness_s"] >= 0
+
+
+async def test_cold_start_gets_the_fallback(deployed: Deployed) -> None:
+    """An entity without features gets the definitions' fallback score, degraded."""
+    r = await deployed.http.post(
+        "/v1/predict?explain=true",
+        json={"entity_id": deployed.unknown},
+        headers={"X-Priority": "low"},
+    )
+    body = r.json()
+    assert body["score"] == deployed.definitions.models[0].fallback.score
+    assert (body["model"]["variant"], body["reasons"]) == ("fallback", ["no_features"])
+
+
+async def test_contract_errors_pass_through_the_ingress(deployed: Deployed) -> None:
+    """404, 400 and 422 reach the client through HAProxy with their messages."""
+    r = await deployed.http.post("/v1/predict", json={"entity_id": "x", "model": "nope"})
+    assert r.status_code == 404 and "is not defined" in r.json()["message"]
+    r = await deployed.http.post(
+        "/v1/predict", json={"entity_id": "x"}, headers={"X-Priority": "asap"}
+    )
+    assert r.status_code == 400
+    r = await deployed.http.post("/v1/predict", json={"entity": "x"})
+    assert r.status_code == 422 and "entity_id" in r.json()["message"]
+
+
+async def test_batch_answers_in_order(deployed: Deployed) -> None:
+    """A batch answers each entity in request order: scored and cold start."""
+    r = await deployed.http.post(
+        "/v1/predict/batch",
+        json={"requests": [{"entity_id": deployed.known}, {"entity_id": deployed.unknown}]},
+    )
+    preds = r.json()["predictions"]
+    assert [(p["entity_id"], p["model"]["variant"]) for p in preds] == [
+        (deployed.known, "champion"),
+        (deployed.unknown, "fallback"),
+    ]
+
+
+async def test_predictions_are_logged_to_kafka(deployed: Deployed, kafka_bootstrap: str) -> None:
+    """A served prediction arrives on the predictions topic keyed by entity id."""
+    r = await deployed.http.post("/v1/predict", json={"entity_id": deployed.known})
+    prediction_id = r.json()["prediction_id"]
+    topic = deployed.settings.topics.predictions
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(deployed.settings.kafka_partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen: dict[str, tuple[bytes | None, PredictionMade]] = {}
+
+        async def logged() -> bool:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for rec in records:
+                    event = PredictionMade.model_validate_json(rec.value or b"")
+                    seen[event.event_id] = (rec.key, event)
+            return prediction_id in seen
+
+        await wait_for(logged, timeout_s=30)
+    finally:
+        await consumer.stop()
+    key, event = seen[prediction_id]
+    assert key == deployed.known.encode()
+    assert event.model.variant == "champion" and len(event.features) == 8
+
+
+async def test_admin_reload_needs_the_token(deployed: Deployed) -> None:
+    """Reload answers 401 without a token, 403 with a wrong one, 200 with the admin token."""
+    assert (await deployed.http.post("/v1/admin/reload")).status_code == 401
+    wrong = await deployed.http.post("/v1/admin/reload", headers={"Authorization": "Bearer no"})
+    assert wrong.status_code == 403
+    ok = await deployed.http.post("/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and ok.json()["changed"] == []
+
+
+async def test_model_event_hot_swaps_the_champion(
+    deployed: Deployed, register_model, kafka_bootstrap: str
+) -> None:
+    """A new champion announced on models.events is served without a redeploy."""
+    # Register version 2 and move the champion alias, as retrain's promotion does.
+    version = register_model(deployed.definitions.models[0], 2)
+    assert version == "2"
+    # Announce it on the real broker.
+    publisher = KafkaPublisher(kafka_bootstrap, client_id="serve-test")
+    await publisher.start()
+    try:
+        await publisher.publish(
+            deployed.settings.topics.models,
+            ModelChanged(kind="promoted", model=deployed.model, version=version, alias="champion"),
+            key=deployed.model,
+        )
+    finally:
+        await publisher.stop()
+
+    # The replica reloads in the background; predictions switch to the new version.
+    async def serves_new_version() -> bool:
+        r = await deployed.http.post("/v1/predict", json={"entity_id": deployed.known})
+        return r.status_code == 200 and r.json()["model"]["version"] == version
+
+    await wait_for(serves_new_version, timeout_s=60)
+    models = (await deployed.http.get("/v1/models")).json()
+    assert models["models"][0]["name"] == deployed.model
+    assert (models["models"][0]["version"], models["models"][0]["variant"]) == (version, "champion")
+    assert models["traffic"][deployed.model] == {"champion": 1.0}

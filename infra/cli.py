@@ -130,23 +130,23 @@ def retrain(
 
 @models_app.command("list")
 def models_list() -> None:
-    """Registered model versions with aliases and metrics."""
-    from services.retrain.adapters import registry
+    """Registered model versions with aliases and holdout metrics."""
+    from libs.common.definitions import load_definitions
+    from services.retrain.admin import list_models
 
     s = _settings()
+    names = [m.name for m in load_definitions(s.definitions).models]
     table = Table("model", "version", "aliases", "auc", "rows", "reason", "created")
-    from libs.common.definitions import load_definitions
-
-    for m in load_definitions(s.definitions).models:
-        for v in registry.list_versions(s, m.name):
+    for name, versions in list_models(s, names).items():
+        for v in versions:
             table.add_row(
-                m.name,
-                str(v.version),
-                ",".join(v.aliases),
+                name,
+                v.version,
+                ",".join(v.aliases) or "-",
                 f"{v.metrics.get('auc', float('nan')):.3f}",
                 str(int(v.metrics.get("rows", 0))),
-                v.reason,
-                str(v.created),
+                v.tags.get("reason", ""),
+                v.created.strftime("%Y-%m-%d %H:%M:%S"),
             )
     console.print(table)
 
@@ -154,25 +154,25 @@ def models_list() -> None:
 @models_app.command("promote")
 def models_promote(name: str, version: str) -> None:
     """Make VERSION the champion of NAME; serve follows within seconds."""
-    from services.retrain.adapters import registry
+    from services.retrain.admin import promote_version
 
     try:
-        registry.promote_and_announce(_settings(), name, version)
+        move = asyncio.run(promote_version(_settings(), name, version))
     except SignalopsError as exc:
         raise _fail(exc) from None
-    console.print(f"{name} version {version} is champion.")
+    console.print(f"{name} version {move.version} is champion (was {move.previous or 'none'}).")
 
 
 @models_app.command("rollback")
 def models_rollback(name: str) -> None:
     """Give the champion alias back to the previous champion."""
-    from services.retrain.adapters import registry
+    from services.retrain.admin import rollback_model
 
     try:
-        version = registry.rollback_and_announce(_settings(), name)
+        move = asyncio.run(rollback_model(_settings(), name))
     except SignalopsError as exc:
         raise _fail(exc) from None
-    console.print(f"{name} rolled back to version {version}.")
+    console.print(f"{name} rolled back to version {move.version} (was {move.previous}).")
 
 
 @dlq_app.command("list")

@@ -20,6 +20,7 @@ from ray import serve
 
 from libs.common.clients.redis import RedisFeatureStore, make_redis
 from libs.common.definitions import load_definitions
+from libs.common.http import JsonBodiesByDefault
 from libs.common.observability.logging import configure_logging, get_logger
 from libs.common.observability.tracing import configure_tracing, tracer
 from libs.common.schemas import new_id
@@ -93,6 +94,7 @@ def create_app(service: InferenceService, *, manage_lifecycle: bool = False) -> 
                 await service.stop()
 
     app = FastAPI(title="signalops serve", version="1", lifespan=lifespan)
+    app.add_middleware(JsonBodiesByDefault)
     admin_token = service.settings.admin_token.get_secret_value()
 
     @app.exception_handler(ServeError)

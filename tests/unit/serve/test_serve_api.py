@@ -415,3 +415,15 @@ async def test_arbitrary_json_never_gives_a_server_error(
         )
         assert r.status_code < 500, r.text
         assert "message" in r.json() or "prediction_id" in r.json() or "predictions" in r.json()
+
+
+async def test_plain_curl_body_is_read_as_json(make_harness) -> None:  # type: ignore[no-untyped-def]
+    """`curl -d '{...}'` (form content type) gets a prediction, not a 422."""
+    h = await make_harness()
+    resp = await h.client.post(
+        "/v1/predict",
+        content=b'{"entity_id": "device-1"}',
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["entity_id"] == "device-1"

@@ -32,25 +32,38 @@ class KafkaPublisher:
     """
 
     def __init__(self, bootstrap: str, *, client_id: str, timeout_s: float = 10.0) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id=client_id,
-            acks="all",
-            linger_ms=5,
-            request_timeout_ms=int(timeout_s * 1000),
-            enable_idempotence=False,
-        )
+        self._bootstrap = bootstrap
         self._client_id = client_id
+        self._timeout_s = timeout_s
+        self._started: AIOKafkaProducer | None = None
+
+    @property
+    def _producer(self) -> AIOKafkaProducer:
+        if self._started is None:
+            raise RuntimeError("KafkaPublisher used before start()")
+        return self._started
 
     async def start(self) -> None:
+        # Built here, not in __init__: aiokafka binds to the running event loop.
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            acks="all",
+            linger_ms=5,
+            request_timeout_ms=int(self._timeout_s * 1000),
+            enable_idempotence=False,
+        )
         async for attempt in AsyncRetrying(
             stop=stop_after_delay(30), wait=wait_random_exponential(0.1, 2), reraise=True
         ):
             with attempt:
-                await self._producer.start()
+                await producer.start()
+        self._started = producer
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        if self._started is not None:
+            await self._started.stop()
+            self._started = None
 
     def _headers(self, message: Message | None) -> list[tuple[str, bytes]]:
         extra = [("producer", self._client_id.encode())]

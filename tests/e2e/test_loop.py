@@ -97,9 +97,11 @@ class RunningStack:
         from ray import serve
 
         from services.serve.main import build_app
+        from services.serve.settings import ServeSettings
 
+        settings = ServeSettings(**{**self.settings.model_dump(), "serve_num_replicas": 1})
         serve.start(http_options={"host": "127.0.0.1", "port": self.settings.serve_port})
-        serve.run(build_app(self.settings), name="signalops", route_prefix="/")
+        serve.run(build_app(settings), name="signalops", route_prefix="/")
 
     def stop(self) -> None:
         for p in self.procs:

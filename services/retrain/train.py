@@ -1,0 +1,180 @@
+"""The retraining stage: offline store -> Ray Data label join -> LightGBM -> registry.
+
+`train_model` is what the service runs on a retrain request or a drift event, what
+bootstrap runs on synthetic history, and what the tests call directly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from libs.common.definitions import Definitions
+from libs.common.observability import get_logger
+from libs.common.offline import OfflineStore
+from libs.common.schemas import ModelChanged
+from services.retrain.adapters.ray_data import build_training_frame
+from services.retrain.adapters.registry import MlflowRegistry, Registry
+from services.retrain.core import events
+from services.retrain.core.dataset import JoinSpec
+from services.retrain.core.promotion import PromotionDecision, decide
+from services.retrain.core.training import TrainedModel, holdout_auc, train_booster
+from services.retrain.errors import UnknownModel
+from services.retrain.settings import RetrainSettings
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What one training run produced: a registered version and the promotion verdict.
+
+    Attributes:
+        model: model name.
+        version: the registered version.
+        reason: why the run happened (request reason, drift, "bootstrap").
+        metrics: holdout metrics (auc, log_loss, rows, train_rows, holdout_rows, ...).
+        decision: the promotion decision with its reasons.
+        previous_champion: the champion before this run, if any.
+        timings: seconds per stage (join, train, register, total).
+    """
+
+    model: str
+    version: str
+    reason: str
+    metrics: dict[str, float]
+    decision: PromotionDecision
+    previous_champion: str | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision.promote
+
+    def events(self) -> list[ModelChanged]:
+        """The ModelChanged facts to publish: registered, then promoted if it was."""
+        out = [events.registered(self.model, self.version, self.metrics, self.reason)]
+        if self.promoted:
+            out.append(events.promoted(self.model, self.version, self.metrics, self.reason))
+        return out
+
+
+def _champion_auc(
+    registry: Registry, model: str, trained: TrainedModel
+) -> tuple[float | None, str]:
+    """The champion's AUC, on the candidate's own holdout when the champion can score it.
+
+    Scoring both on the same (newest) rows keeps the comparison fair after drift,
+    when the champion's recorded AUC describes data that no longer looks like today.
+    """
+    champion = registry.champion_version(model)
+    if champion is None:
+        return None, "none"
+    try:
+        booster = registry.load_booster(model, champion)
+        if list(booster.feature_name()) == trained.columns:
+            return holdout_auc(booster, trained.holdout, trained.columns), "same-holdout"
+    except Exception:
+        log.warning("champion_not_scorable", model=model, version=champion, exc_info=True)
+    recorded = registry.version_metrics(model, champion).get("auc")
+    return (None if recorded is None else float(recorded)), "recorded"
+
+
+def train_model(
+    settings: RetrainSettings,
+    definitions: Definitions,
+    model_name: str,
+    reason: str,
+    *,
+    registry: Registry | None = None,
+    offline_root: str | Path | None = None,
+) -> TrainingResult:
+    """Train `model_name` on the offline store, register the version, promote if it passes.
+
+    Needs a connected Ray (`ray.init`) for the join. Blocking; the service runs it in
+    a worker thread.
+
+    Args:
+        settings: retrain settings (holdout fraction, tolerance, registry location).
+        definitions: the definitions (model, views, sources).
+        model_name: which model to train.
+        reason: why; recorded as a version tag and in the ModelChanged events.
+        registry: the model registry; MLflow from `settings` when None.
+        offline_root: the offline store to read; `settings.offline_dir` when None.
+
+    Returns:
+        The registered version, its metrics and the promotion decision.
+
+    Raises:
+        UnknownModel: the definitions declare no such model.
+        NoTrainingData: no labelled rows (nothing is registered).
+    """
+    try:
+        model = definitions.model(model_name)
+    except KeyError:
+        raise UnknownModel(model_name, [m.name for m in definitions.models]) from None
+    registry = registry or MlflowRegistry.from_settings(settings)
+    store = OfflineStore(offline_root or settings.offline_dir)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    frame = build_training_frame(
+        store, JoinSpec.of(definitions, model_name), partitions=settings.shuffle_partitions
+    )
+    timings["join_s"] = time.perf_counter() - started
+
+    t = time.perf_counter()
+    trained = train_booster(frame, model, holdout_fraction=settings.holdout_fraction)
+    timings["train_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    previous = registry.champion_version(model_name)
+    champion_auc, basis = _champion_auc(registry, model_name, trained)
+    metrics = trained.metrics.as_dict()
+    decision = decide(
+        metrics,
+        model.promotion,
+        champion_auc=champion_auc,
+        champion_basis=basis,
+        tolerance=settings.auc_tolerance,
+    )
+    version = registry.register(
+        model_name,
+        trained.booster,
+        params={**trained.params, "num_boost_round": model.num_boost_round},
+        metrics=metrics,
+        tags={
+            "reason": reason[:500],
+            "training_rows": str(trained.metrics.rows),
+            "data": store.root,
+            "promotion": decision.summary[:5000],
+        },
+        example=trained.holdout[trained.columns].head(5),
+    )
+    if decision.promote:
+        registry.promote(model_name, version)
+    timings["register_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - started
+
+    result = TrainingResult(
+        model=model_name,
+        version=version,
+        reason=reason,
+        metrics=metrics,
+        decision=decision,
+        previous_champion=previous,
+        timings=timings,
+    )
+    log.info(
+        "model_trained",
+        model=model_name,
+        version=version,
+        promoted=decision.promote,
+        auc=None if math.isnan(metrics["auc"]) else round(metrics["auc"], 4),
+        rows=trained.metrics.rows,
+        reasons=list(decision.reasons),
+        **{k: round(v, 2) for k, v in timings.items()},
+    )
+    return result

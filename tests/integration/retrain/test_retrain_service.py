@@ -1,0 +1,149 @@
+"""The retrain service on the real broker: outcomes logged, requests trained, facts published."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+
+from libs.common.clients.kafka import KafkaPublisher
+from libs.common.definitions import load_definitions
+from libs.common.offline import OUTCOMES, SIGNALS, OfflineStore
+from libs.common.schemas import ModelChanged, Outcome, RecordRejected, RetrainModel
+from services.retrain.adapters.registry import MlflowRegistry
+from services.retrain.bootstrap import write_synthetic_history
+from services.retrain.main import TRAINER_GROUP, build_app
+
+
+async def wait_for(predicate: Callable[[], Awaitable[Any]], timeout_s: float) -> Any:
+    """Poll `predicate` until it returns something truthy; TimeoutError after `timeout_s`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not (result := await predicate()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"condition not met within {timeout_s:.0f}s")
+        await asyncio.sleep(0.2)
+    return result
+
+
+async def test_retrain_request_on_the_broker_ends_as_a_model_event(
+    kafka_bootstrap: str,
+    retrain_settings,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """Outcomes from the broker reach the offline store; a RetrainModel yields ModelChanged."""
+    settings = retrain_settings(kafka_bootstrap=kafka_bootstrap)
+    name = load_definitions(settings.definitions).models[0].name
+    topics = settings.topics
+
+    # Signals as the features service would have written them; their outcomes travel
+    # through the broker like real labels.
+    generated = OfflineStore(tmp_path / "generated")
+    write_synthetic_history(
+        generated,
+        load_definitions(settings.definitions),
+        name,
+        entities=20,
+        steps=50,
+        step_s=30.0,
+        seed=14,
+    )
+    OfflineStore(settings.offline_dir).append(
+        SIGNALS, generated.read(SIGNALS).to_pylist(), name=f"{topics.valid}-0-0"
+    )
+    outcomes = [
+        Outcome(
+            model=r["model"],
+            entity_id=r["entity_id"],
+            label=r["label"],
+            event_time=datetime.fromtimestamp(r["ts"], UTC),
+            event_id=r["event_id"],
+        )
+        for r in generated.read(OUTCOMES).to_pylist()
+    ]
+
+    # Start the service as main() does (bootstrap included), then feed it.
+    app = build_app(settings)
+    stop = asyncio.Event()
+    service = asyncio.create_task(app.run(stop))
+    publisher = KafkaPublisher(kafka_bootstrap, client_id="test-retrain")
+    await publisher.start()
+    models = AIOKafkaConsumer(
+        topics.models,
+        bootstrap_servers=kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    dlq = AIOKafkaConsumer(
+        topics.dlq, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    try:
+        await publisher.publish_many([(topics.outcomes, o, o.entity_id) for o in outcomes])
+        store = OfflineStore(settings.offline_dir)
+
+        async def all_outcomes_logged() -> bool:
+            return store.read(OUTCOMES).num_rows == len(outcomes)
+
+        await wait_for(all_outcomes_logged, timeout_s=120)
+        await publisher.publish(
+            topics.retrain, RetrainModel(model=name, reason="from test"), key=name
+        )
+        await publisher.publish(
+            topics.retrain, RetrainModel(model="no_such_model"), key="no_such_model"
+        )
+
+        # Bootstrap announced version 1; the request leads to version 2.
+        await models.start()
+        seen: list[ModelChanged] = []
+
+        async def version_2_promoted() -> bool:
+            for records in (await models.getmany(timeout_ms=200)).values():
+                seen.extend(ModelChanged.from_bytes(r.value) for r in records)
+            return any(m.kind == "promoted" and m.version == "2" for m in seen)
+
+        await wait_for(version_2_promoted, timeout_s=180)
+        assert [(m.kind, m.version, m.reason) for m in seen] == [
+            ("registered", "1", "bootstrap"),
+            ("promoted", "1", "bootstrap"),
+            ("registered", "2", "from test"),
+            ("promoted", "2", "from test"),
+        ]
+        assert seen[-1].alias == "champion"
+        assert seen[-1].metrics["rows"] == len(outcomes)
+        assert MlflowRegistry.from_settings(settings).champion_version(name) == "2"
+
+        await dlq.start()
+        dead_letters: list[RecordRejected] = []
+
+        async def dead_letter_arrived() -> bool:
+            for records in (await dlq.getmany(timeout_ms=200)).values():
+                dead_letters.extend(RecordRejected.from_bytes(r.value) for r in records)
+            return bool(dead_letters)
+
+        await wait_for(dead_letter_arrived, timeout_s=60)
+        [dead] = dead_letters
+        assert (dead.reason, dead.source) == ("unknown_model", topics.retrain)
+    finally:
+        stop.set()
+        await asyncio.wait_for(service, timeout=60)
+        await publisher.stop()
+        await models.stop()
+        await dlq.stop()
+
+    # Both requests were committed: a poison request does not come back after a restart.
+    probe = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap, group_id=TRAINER_GROUP, enable_auto_commit=False
+    )
+    await probe.start()
+    try:
+        committed = [
+            await probe.committed(TopicPartition(topics.retrain, p))
+            for p in range(settings.kafka_partitions)
+        ]
+    finally:
+        await probe.stop()
+    assert sum(c or 0 for c in committed) == 2

@@ -1,0 +1,219 @@
+"""Retrain handlers against fakes: what they publish, dead-letter and write offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from aiokafka import ConsumerRecord
+
+from libs.common.clients.kafka import MemoryPublisher
+from libs.common.definitions import load_definitions
+from libs.common.offline import OUTCOMES, PREDICTIONS, OfflineStore
+from libs.common.schemas import (
+    DriftDetected,
+    ModelChanged,
+    ModelRef,
+    Outcome,
+    PredictionMade,
+    RecordRejected,
+    RetrainModel,
+)
+from services.retrain.core.promotion import PromotionDecision
+from services.retrain.errors import NoTrainingData
+from services.retrain.handlers import RetrainHandlers
+from services.retrain.settings import RetrainSettings
+from services.retrain.train import TrainingResult
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _record(topic: str, value: bytes, offset: int, partition: int = 0) -> ConsumerRecord:
+    return ConsumerRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"default",
+        value=value,
+        checksum=None,
+        serialized_key_size=7,
+        serialized_value_size=len(value),
+        headers=(),
+    )
+
+
+class FakeTrainer:
+    """Records calls; answers with a promoted version, or raises what it was given."""
+
+    def __init__(self, error: Exception | None = None, promote: bool = True) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.error = error
+        self.promote = promote
+
+    def __call__(self, model: str, reason: str) -> TrainingResult:
+        self.calls.append((model, reason))
+        if self.error is not None:
+            raise self.error
+        return TrainingResult(
+            model=model,
+            version=str(len(self.calls)),
+            reason=reason,
+            metrics={"auc": 0.8, "rows": 1000.0},
+            decision=PromotionDecision(self.promote, ("ok",)),
+            previous_champion=None,
+        )
+
+
+@pytest.fixture(name="settings")
+def _settings(tmp_path: Path) -> RetrainSettings:
+    return RetrainSettings(data_dir=tmp_path, definitions=REPO / "signalops.yaml")
+
+
+def _handlers(
+    settings: RetrainSettings, trainer: FakeTrainer, publisher: MemoryPublisher
+) -> RetrainHandlers:
+    return RetrainHandlers(
+        settings,
+        load_definitions(settings.definitions),
+        publisher,
+        trainer,
+        OfflineStore(settings.offline_dir),
+    )
+
+
+async def test_retrain_request_publishes_registered_and_promoted(
+    settings: RetrainSettings,
+) -> None:
+    """A request for a known model trains it and announces the new champion."""
+    trainer, publisher = FakeTrainer(), MemoryPublisher()
+    request = RetrainModel(model="default", reason="weekly")
+    await _handlers(settings, trainer, publisher).on_retrain_request(
+        [_record(settings.topics.retrain, request.to_bytes(), 0)]
+    )
+    assert trainer.calls == [("default", "weekly")]
+    sent = publisher.messages[settings.topics.models]
+    assert [(m.kind, m.alias) for m in sent if isinstance(m, ModelChanged)] == [
+        ("registered", None),
+        ("promoted", "champion"),
+    ]
+    assert [k for k, _ in publisher.sent[settings.topics.models]] == ["default", "default"]
+
+
+async def test_not_promoted_announces_only_the_registration(settings: RetrainSettings) -> None:
+    """A version that fails the gates is announced as registered, never as promoted."""
+    publisher = MemoryPublisher()
+    await _handlers(settings, FakeTrainer(promote=False), publisher).on_retrain_request(
+        [_record(settings.topics.retrain, RetrainModel(model="default").to_bytes(), 0)]
+    )
+    assert [m.kind for m in publisher.messages[settings.topics.models]] == ["registered"]
+
+
+async def test_unknown_model_is_a_dead_letter(settings: RetrainSettings) -> None:
+    """A request naming no declared model goes to the DLQ with its reason, untrained."""
+    trainer, publisher = FakeTrainer(), MemoryPublisher()
+    raw = RetrainModel(model="nope").to_bytes()
+    await _handlers(settings, trainer, publisher).on_retrain_request(
+        [_record(settings.topics.retrain, raw, 3)]
+    )
+    assert trainer.calls == []
+    [dead] = publisher.messages[settings.topics.dlq]
+    assert isinstance(dead, RecordRejected)
+    assert (dead.reason, dead.stage, dead.original) == ("unknown_model", "retrain", raw)
+    assert "'nope'" in dead.detail and "default" in dead.detail
+    assert settings.topics.models not in publisher.messages
+
+
+async def test_undecodable_request_is_a_dead_letter(settings: RetrainSettings) -> None:
+    """Bytes that are no RetrainModel end in the DLQ as invalid_message."""
+    publisher = MemoryPublisher()
+    await _handlers(settings, FakeTrainer(), publisher).on_retrain_request(
+        [_record(settings.topics.retrain, b"{not json", 0)]
+    )
+    assert [m.reason for m in publisher.messages[settings.topics.dlq]] == ["invalid_message"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), NoTrainingData("no outcomes yet")])
+async def test_failed_training_publishes_nothing_and_returns(
+    settings: RetrainSettings, error: Exception
+) -> None:
+    """A run that raises is logged and counted; the handler returns so the offset commits."""
+    trainer, publisher = FakeTrainer(error=error), MemoryPublisher()
+    await _handlers(settings, trainer, publisher).on_retrain_request(
+        [_record(settings.topics.retrain, RetrainModel(model="default").to_bytes(), 0)]
+    )
+    assert [model for model, _ in trainer.calls] == ["default"]
+    assert not publisher.messages
+
+
+async def test_drift_event_retrains_with_its_reason(settings: RetrainSettings) -> None:
+    """A DriftDetected is handled like a retrain request; the reason names the drift."""
+    trainer, publisher = FakeTrainer(), MemoryPublisher()
+    event = DriftDetected(
+        model="default",
+        version="3",
+        feature="device_stats.temperature_last",
+        statistic="psi",
+        value=0.41,
+        threshold=0.2,
+    )
+    await _handlers(settings, trainer, publisher).on_drift(
+        [_record(settings.topics.drift, event.to_bytes(), 0)]
+    )
+    [(model, reason)] = trainer.calls
+    assert model == "default"
+    assert reason == "drift: psi of device_stats.temperature_last = 0.41 > 0.2 (version 3)"
+    assert [m.kind for m in publisher.messages[settings.topics.models]] == [
+        "registered",
+        "promoted",
+    ]
+
+
+async def test_one_run_per_model_per_batch(settings: RetrainSettings) -> None:
+    """Requests and drift events for one model in one poll trigger a single run."""
+    trainer = FakeTrainer()
+    drift = DriftDetected(model="default", feature="f", statistic="psi", value=0.3, threshold=0.2)
+    records = [
+        _record(settings.topics.retrain, RetrainModel(model="default", reason="a").to_bytes(), 0),
+        _record(settings.topics.retrain, RetrainModel(model="default", reason="a").to_bytes(), 1),
+        _record(settings.topics.drift, drift.to_bytes(), 0),
+    ]
+    await _handlers(settings, trainer, MemoryPublisher()).on_trainer_batch(records)
+    [(model, reason)] = trainer.calls
+    assert model == "default"
+    assert reason == "a; drift: psi of f = 0.3 > 0.2"
+
+
+async def test_outcomes_and_predictions_land_in_the_offline_store(
+    settings: RetrainSettings,
+) -> None:
+    """Logged records become one file per topic-partition, named by its first offset."""
+    publisher = MemoryPublisher()
+    handlers = _handlers(settings, FakeTrainer(), publisher)
+    outcome = Outcome(model="default", entity_id="device-1", label=1, prediction_id="p1")
+    prediction = PredictionMade(
+        event_id="p1",
+        entity_id="device-1",
+        score=0.7,
+        model=ModelRef(name="default", version="2", variant="champion"),
+    )
+    t = settings.topics
+    records = [
+        _record(t.outcomes, outcome.to_bytes(), 40, partition=1),
+        _record(t.outcomes, b"garbage", 41, partition=1),
+        _record(t.predictions, prediction.to_bytes(), 7),
+    ]
+    await handlers.on_log_batch(records)
+    await handlers.on_log_batch(records)  # a replay rewrites the same files
+    store = OfflineStore(settings.offline_dir)
+    assert [Path(f).name for f in store.files(OUTCOMES)] == [f"{t.outcomes}-1-000000000040.parquet"]
+    assert [Path(f).name for f in store.files(PREDICTIONS)] == [
+        f"{t.predictions}-0-000000000007.parquet"
+    ]
+    [row] = store.read(OUTCOMES).to_pylist()
+    assert (row["event_id"], row["label"], row["prediction_id"]) == (outcome.event_id, 1.0, "p1")
+    assert row["ts"] == outcome.event_time.timestamp()
+    [pred] = store.read(PREDICTIONS).to_pylist()
+    assert (pred["event_id"], pred["model"], pred["version"]) == ("p1", "default", "2")
+    assert [m.reason for m in publisher.messages[t.dlq]] == ["invalid_message"] * 2

@@ -221,6 +221,15 @@ class Definitions(_Strict):
     def views_of_source(self, source: str) -> list[FeatureView]:
         return [v for v in self.feature_views if v.source == source]
 
+    def retention_of(self, source: str) -> float:
+        """Event history the online state keeps for `source`.
+
+        The longest retention or window over the source's views; the streaming path
+        trims to it and training replays the same trimming, so both see the same events.
+        """
+        views = self.views_of_source(source)
+        return max((max(v.retention_s, v.max_window_s) for v in views), default=3600.0)
+
     def views_of_model(self, model: ModelDefinition) -> list[FeatureView]:
         names = dict.fromkeys(ref.partition(".")[0] for ref in model.features)
         return [self.view(n) for n in names]

@@ -22,7 +22,6 @@ from services.features.core.updates import (
     by_source,
     compute_vectors,
     group_signals,
-    retention_of,
 )
 
 log = get_logger(__name__)
@@ -74,7 +73,7 @@ class FeaturesHandler:
                     StoredEvent(s.event_id, s.event_time.timestamp(), s.fields)
                     for s in group.signals
                 ],
-                retention_s=retention_of(views),
+                retention_s=self.definitions.retention_of(group.source.name),
             )
             history = EventHistory.from_events([(e.event_id, e.ts, e.fields) for e in stored])
             computed.extend(compute_vectors(views, group.entity_id, history))

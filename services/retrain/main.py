@@ -128,7 +128,7 @@ def main() -> None:
     settings = RetrainSettings()
     configure_logging(SERVICE, settings.log_level)
     configure_tracing(SERVICE, settings.otlp_endpoint)
-    serve_metrics(settings.retrain_metrics_port)
+    serve_metrics(settings.retrain_metrics_port, settings.metrics_host, service=SERVICE)
     asyncio.run(_serve(build_app(settings)))
 
 

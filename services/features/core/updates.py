@@ -78,11 +78,6 @@ def compute_vectors(
     ]
 
 
-def retention_of(views: Sequence[FeatureView]) -> float:
-    """History to keep for a source: the longest retention or window of its views."""
-    return max((max(v.retention_s, v.max_window_s) for v in views), default=3600.0)
-
-
 def by_source(definitions: Definitions) -> dict[str, list[FeatureView]]:
     out: dict[str, list[FeatureView]] = defaultdict(list)
     for v in definitions.feature_views:

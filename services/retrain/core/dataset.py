@@ -89,13 +89,8 @@ class JoinSpec:
 
 
 def source_retention(definitions: Definitions, source: str) -> float:
-    """How much history of `source` the features service keeps per entity.
-
-    The same rule as the features service (services/features/core/updates.py,
-    `retention_of`): the longest retention or window over every view of the source.
-    """
-    views = definitions.views_of_source(source)
-    return max((max(v.retention_s, v.max_window_s) for v in views), default=3600.0)
+    """History the online state keeps of `source` (Definitions.retention_of)."""
+    return definitions.retention_of(source)
 
 
 def empty_rows(spec: JoinSpec) -> pd.DataFrame:

@@ -61,6 +61,7 @@ def main() -> None:
     console = Console()
     signalops = str(Path(sys.executable).parent / "signalops")
     up_s = None
+    available_before = psutil.virtual_memory().available
     if not args.no_up:
         started = time.monotonic()
         subprocess.run([signalops, "up"], check=True)
@@ -92,6 +93,13 @@ def main() -> None:
     console.print(table)
     if up_s is not None:
         console.print(f"signalops up took {up_s:.1f} s")
+    if not args.no_up:
+        # The machine-wide view: how much less memory is available with the stack up.
+        drop = (available_before - psutil.virtual_memory().available) / 2**30
+        console.print(
+            f"available memory dropped by {drop:.2f} GiB while the stack is up "
+            "(machine-wide, noisy on a shared machine)"
+        )
     verdict = "within" if total_pss < BUDGET_GIB else "OVER"
     console.print(
         f"idle PSS {total_pss:.2f} GiB, RSS {total_rss:.2f} GiB: {verdict} the "

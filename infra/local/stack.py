@@ -123,6 +123,8 @@ class LocalStack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        # One replica is enough on a laptop: model swaps happen inside the replica.
+        env.setdefault("SIGNALOPS_SERVE_NUM_REPLICAS", "1")
         return env
 
     def running(self, name: str) -> bool:
@@ -208,6 +210,10 @@ class LocalStack:
         s = self.s
         env = self.env()
         env.update(serve_ingress_env(drain_s=2))
+        # Laptop sizing (issue: under 3 GiB idle): no prestarted or lingering idle
+        # workers; Ray Data's tasks start workers on demand and they exit when idle.
+        env.setdefault("RAY_prestart_worker_first_driver", "0")
+        env.setdefault("RAY_num_workers_soft_limit", "0")
         self.proc("ray").start(
             [
                 str(BIN / "ray"),
@@ -268,7 +274,18 @@ class LocalStack:
             on_step(c.name)
             starters[c.name]()
             started.append(c.name)
+        on_step("waiting for the first models (bootstrap training)")
+        wait_until(self.models_served, 240, interval_s=1.0)
         return started
+
+    def models_served(self) -> bool:
+        """True once serve answers every model with a registered version, not the fallback."""
+        url = f"http://{self.s.serve_host}:{self.s.serve_port}/v1/models"
+        try:
+            models = httpx.get(url, timeout=2.0).json().get("models", [])
+        except (httpx.HTTPError, ValueError):
+            return False
+        return bool(models) and all(m.get("version") for m in models)
 
     # stop -------------------------------------------------------------------------------
     def down(self) -> list[str]:

@@ -57,12 +57,17 @@ SCHEMAS: dict[str, pa.Schema] = {
 
 
 class OfflineStore:
-    def __init__(self, root: str | Path) -> None:
+    """Parquet files under `root`; `include` adds read-only roots on the same filesystem
+    (the embedded stack's synthetic bootstrap history) to what `files` lists.
+    """
+
+    def __init__(self, root: str | Path, *, include: Sequence[str | Path] = ()) -> None:
         root_s = str(root)
         if "://" in root_s:
             self._fs, self._root = fs.FileSystem.from_uri(root_s)
         else:
             self._fs, self._root = fs.LocalFileSystem(), str(Path(root_s).resolve())
+        self._include = [OfflineStore(r) for r in include]
 
     @property
     def root(self) -> str:
@@ -86,7 +91,8 @@ class OfflineStore:
 
     def files(self, kind: str) -> list[str]:
         sel = fs.FileSelector(self.dir(kind), allow_not_found=True)
-        return sorted(i.path for i in self._fs.get_file_info(sel) if i.path.endswith(".parquet"))
+        own = sorted(i.path for i in self._fs.get_file_info(sel) if i.path.endswith(".parquet"))
+        return own + [f for other in self._include for f in other.files(kind)]
 
     def read(self, kind: str) -> pa.Table:
         """All rows of `kind`, deduplicated by event id (small data; training uses Ray Data)."""

@@ -32,8 +32,11 @@ BOOTSTRAP_REASON = "bootstrap"
 
 
 def bootstrap_root(settings: RetrainSettings) -> Path:
-    """The offline root holding synthetic bootstrap history (never read by retraining)."""
-    return Path(settings.offline_dir) / "bootstrap"
+    """The offline root holding synthetic bootstrap history.
+
+    Retraining reads it too only when `settings.includes_bootstrap_history`.
+    """
+    return settings.bootstrap_dir
 
 
 def write_synthetic_history(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from libs.common.settings import Settings
@@ -19,6 +21,23 @@ class RetrainSettings(Settings):
     )
     bootstrap_step_s: float = Field(30.0, gt=0, description="Seconds between reports.")
     bootstrap_seed: int = 7
+
+    train_with_bootstrap_history: bool | None = Field(
+        None,
+        description="Keep the synthetic bootstrap history in every training set, so a "
+        "retrain works before real labels arrive. None: only when environment=development.",
+    )
+
+    @property
+    def bootstrap_dir(self) -> Path:
+        """Offline root of the synthetic bootstrap history, apart from real data."""
+        return Path(self.offline_dir) / "bootstrap"
+
+    @property
+    def includes_bootstrap_history(self) -> bool:
+        if self.train_with_bootstrap_history is None:
+            return self.environment == "development"
+        return self.train_with_bootstrap_history
 
     holdout_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="Latest share of rows (by as-of time) held out."

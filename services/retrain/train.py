@@ -116,7 +116,15 @@ def train_model(
     except KeyError:
         raise UnknownModel(model_name, [m.name for m in definitions.models]) from None
     registry = registry or MlflowRegistry.from_settings(settings)
-    store = OfflineStore(offline_root or settings.offline_dir)
+    # Imported here: bootstrap imports this module.
+    from services.retrain.bootstrap import bootstrap_root
+
+    include = (
+        [bootstrap_root(settings)]
+        if offline_root is None and (settings.includes_bootstrap_history)
+        else []
+    )
+    store = OfflineStore(offline_root or settings.offline_dir, include=include)
     timings: dict[str, float] = {}
     started = time.perf_counter()
 

@@ -125,7 +125,7 @@ def run_demo(settings: Settings, console: Console, *, duration_s: float, rate: f
                 elapsed = tick - start
                 for src in sources:
                     _send_tick(http, ingest, src, model.name, model_source, state, elapsed)
-                _predict_tick(http, serve, rng, sources, state)
+                _predict_tick(http, serve, rng, sources, state, elapsed)
                 if not retrained and elapsed >= RETRAIN_AT:
                     retrained = True
                     _request_retrain(settings, model.name)
@@ -194,6 +194,7 @@ def _predict_tick(
     rng: random.Random,
     sources: list[SyntheticSource],
     state: DemoState,
+    elapsed: float,
 ) -> None:
     for _ in range(5):
         entity = rng.choice(sources[0].entities).entity_id
@@ -217,7 +218,7 @@ def _predict_tick(
         label = f"{m['name']} v{m['version']} ({m['variant']})"
         if m["variant"] != "fallback":
             if state.last_model not in ("-", label):
-                state.note(0, f"now serving {label}")
+                state.note(elapsed, f"now serving {label}")
             state.last_model = label
         state.versions[f"v{m['version']}"] += 1
         if doc.get("feature_freshness_s") is not None:

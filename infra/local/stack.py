@@ -209,7 +209,13 @@ class LocalStack:
     def start_ray(self) -> None:
         s = self.s
         env = self.env()
-        env.update(serve_ingress_env(drain_s=2))
+        env.update(
+            serve_ingress_env(
+                drain_s=2,
+                haproxy_metrics_port=s.haproxy_metrics_port,
+                haproxy_stats_port=s.haproxy_stats_port,
+            )
+        )
         # Laptop sizing (issue: under 3 GiB idle): no prestarted or lingering idle
         # workers; Ray Data's tasks start workers on demand and they exit when idle.
         env.setdefault("RAY_prestart_worker_first_driver", "0")

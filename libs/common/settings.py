@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     ray_head_port: int = 6380
     ray_dashboard_port: int = 8265
     ray_object_store_mb: int = 128
+    # HAProxy's own ports bind all interfaces (RAY_NOTES.md): moved off the defaults.
+    haproxy_metrics_port: int = 9111
+    haproxy_stats_port: int = 8414
 
     mlflow_tracking_uri: str | None = Field(
         None, description="Defaults to a SQLite store in the data directory."

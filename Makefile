@@ -27,7 +27,7 @@ down: $(STAMP)
 status: $(STAMP)
 	$(VENV)/bin/signalops status
 
-test: $(STAMP) lint
+test: $(STAMP) lint typecheck
 	$(PY) -m pytest -q tests/unit tests/integration tests/e2e
 
 test-unit: $(STAMP)

@@ -189,13 +189,13 @@ class Definitions(_Strict):
             entities = set()
             for ref in model.features:
                 view_name, _, feat = ref.partition(".")
-                view = views.get(view_name)
-                if view is None or feat not in {f.name for f in view.features}:
+                found = views.get(view_name)
+                if found is None or feat not in {f.name for f in found.features}:
                     raise ValueError(
                         f"model {model.name!r} uses unknown feature {ref!r}; "
                         f"write it as 'view.feature'"
                     )
-                entities.add(sources[view.source].entity)
+                entities.add(sources[found.source].entity)
             if len(entities) > 1:
                 raise ValueError(f"model {model.name!r} mixes entities {sorted(entities)}")
         return self

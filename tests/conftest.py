@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.common.binaries import redis_binary, tansu_binary
+from libs.common.binaries import redis_command, tansu_command
 from libs.common.net import free_port, wait_for_port
 from libs.common.ray_env import serve_ingress_env
 from libs.common.settings import Settings, Topics
@@ -35,23 +35,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Kafka-protocol broker (Tansu, in memory) on a free port."""
     port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("tansu") / "tansu.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                tansu_binary(),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen(tansu_command(port), stdout=out, stderr=subprocess.STDOUT)
     wait_for_port(port)
     yield f"127.0.0.1:{port}"
     _stop(proc)
@@ -63,21 +49,7 @@ def _redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        [
-            redis_binary(),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        redis_command(port, str(workdir)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     wait_for_port(port)
     yield f"redis://127.0.0.1:{port}/0"

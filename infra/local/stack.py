@@ -24,7 +24,7 @@ from infra.local.processes import (
     processes_mentioning,
     wait_until,
 )
-from libs.common.binaries import redis_binary, tansu_binary
+from libs.common.binaries import redis_command, tansu_command
 from libs.common.errors import SignalopsError
 from libs.common.net import port_open
 from libs.common.ray_env import serve_ingress_env
@@ -165,44 +165,14 @@ class LocalStack:
 
     # start ------------------------------------------------------------------------------
     def start_kafka(self) -> None:
-        url = f"tcp://127.0.0.1:{self.kafka_port}"
-        self.proc("kafka").start(
-            [
-                tansu_binary(),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            self.env(),
-        )
+        self.proc("kafka").start(tansu_command(self.kafka_port), self.env())
         self._await("kafka", lambda: port_open(self.kafka_port), 30)
 
     def start_redis(self) -> None:
         workdir = self.data_dir / "redis"
         workdir.mkdir(parents=True, exist_ok=True)
         self.proc("redis").start(
-            [
-                redis_binary(),
-                "--port",
-                str(self.redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(workdir),
-                "--maxmemory",
-                "256mb",
-                "--maxmemory-policy",
-                "volatile-lru",
-            ],
-            self.env(),
+            redis_command(self.redis_port, str(workdir), maxmemory_mb=256), self.env()
         )
         self._await("redis", lambda: port_open(self.redis_port), 30)
 

@@ -56,3 +56,38 @@ def haproxy_binary() -> str | None:
     except ImportError:
         pass
     return shutil.which("haproxy")
+
+
+def tansu_command(port: int) -> list[str]:
+    """A memory-only Tansu broker listening on (and advertising) 127.0.0.1:`port`."""
+    url = f"tcp://127.0.0.1:{port}"
+    return [
+        tansu_binary(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+
+
+def redis_command(port: int, workdir: str, *, maxmemory_mb: int | None = None) -> list[str]:
+    """A loopback redis-server without persistence (the broker does not persist either)."""
+    cmd = [
+        redis_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        workdir,
+    ]
+    if maxmemory_mb:
+        cmd += ["--maxmemory", f"{maxmemory_mb}mb", "--maxmemory-policy", "volatile-lru"]
+    return cmd

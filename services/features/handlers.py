@@ -8,12 +8,14 @@ import time
 from dataclasses import dataclass
 
 from aiokafka import ConsumerRecord
+from opentelemetry import trace
 
 from libs.common.clients.kafka import Publisher, decode_or_dead_letter
 from libs.common.clients.redis import FeatureStore, StoredEvent, StoredVector
 from libs.common.definitions import Definitions
 from libs.common.features import EventHistory
-from libs.common.observability import DEAD_LETTERS, LATENCY, get_logger
+from libs.common.observability import DEAD_LETTERS, LATENCY, get_logger, tracer
+from libs.common.observability.tracing import producer_links
 from libs.common.offline import SIGNALS, OfflineStore
 from libs.common.schemas import RecordRejected, Signal
 from libs.common.settings import Topics
@@ -41,6 +43,13 @@ class FeaturesHandler:
         Order matters for at-least-once: the offline file and the online writes both
         finish before this returns, and only then does the caller commit offsets.
         """
+        links = producer_links(r.headers for r in records)
+        with tracer("features").start_as_current_span(
+            f"{self.topics.valid} process", kind=trace.SpanKind.CONSUMER, links=links
+        ):
+            return await self._handle(records)
+
+    async def _handle(self, records: list[ConsumerRecord]) -> list[VectorComputed]:
         started = time.perf_counter()
         decoded = await decode_or_dead_letter(
             records, Signal, self.publisher, dlq_topic=self.topics.dlq, stage="features"

@@ -19,7 +19,7 @@ from libs.common.clients.kafka import Publisher, message_key
 from libs.common.definitions import Definitions
 from libs.common.errors import RejectedRecord
 from libs.common.observability import DEAD_LETTERS, LATENCY, MESSAGES, get_logger, tracer
-from libs.common.observability.tracing import extract_context
+from libs.common.observability.tracing import producer_links
 from libs.common.schemas import Message, RecordRejected, utcnow
 from libs.common.settings import Topics
 from services.ingest.core.batch import RecordItem
@@ -103,14 +103,7 @@ class IngestHandler:
             rec = by_index[item.index]
             return record_hints(item.raw)[0] or rec.topic, rec.topic, message_key(rec)
 
-        links = [
-            trace.Link(ctx)
-            for ctx in (
-                trace.get_current_span(extract_context(r.headers)).get_span_context()
-                for r in records[:128]
-            )
-            if ctx.is_valid
-        ]
+        links = producer_links(r.headers for r in records)
         topic = records[0].topic if records else self.topics.raw
         with (
             tracer(SERVICE).start_as_current_span(

@@ -52,3 +52,17 @@ def header(headers: Iterable[tuple[str, bytes]] | None, name: str) -> str | None
         if k == name:
             return v.decode(errors="replace")
     return None
+
+
+def producer_links(
+    headers_of_records: Iterable[Sequence[tuple[str, bytes]] | None], limit: int = 128
+) -> list[trace.Link]:
+    """Links to the producers' spans of a consumed batch (one batch span, many traces)."""
+    links = []
+    for i, headers in enumerate(headers_of_records):
+        if i >= limit:
+            break
+        ctx = trace.get_current_span(extract_context(headers)).get_span_context()
+        if ctx.is_valid:
+            links.append(trace.Link(ctx))
+    return links

@@ -147,3 +147,19 @@ def test_no_outcomes_means_no_training(retrain_settings, tmp_path: Path) -> None
     with pytest.raises(NoTrainingData, match="holds no signals"):
         train_model(settings, definitions, name, "too early", registry=registry)
     assert registry.list_versions(name) == []
+
+
+def test_development_training_keeps_the_bootstrap_history(retrain_settings) -> None:  # type: ignore[no-untyped-def]
+    """In development a retrain before any real labels trains on the bootstrap history."""
+    settings = retrain_settings(train_with_bootstrap_history=None)
+    assert settings.environment == "development" and settings.includes_bootstrap_history
+    definitions = load_definitions(settings.definitions)
+    name = definitions.models[0].name
+    registry = MlflowRegistry.from_settings(settings)
+    bootstrap_models(settings, definitions, registry=registry)
+    assert not OfflineStore(settings.offline_dir).files("outcomes")
+
+    result = train_model(settings, definitions, name, "before real labels", registry=registry)
+
+    assert result.version == "2"
+    assert result.metrics["rows"] == 30 * 80

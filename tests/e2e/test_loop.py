@@ -152,8 +152,8 @@ def _stack(
         data_dir=tmp_path / "data",
     )
     stack = RunningStack(settings, load_definitions(definitions_path), tmp_path)
-    stack.start()
     try:
+        stack.start()
         yield stack
     finally:
         stack.stop()

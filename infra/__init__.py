@@ -1,0 +1,1 @@
+"""Operator tooling: the `signalops` CLI, the embedded local stack and deployment files."""

@@ -1,0 +1,1 @@
+"""The embedded single-machine stack started by `signalops up`."""

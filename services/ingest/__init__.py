@@ -1,0 +1,1 @@
+"""Ingest service: HTTP and signals.raw intake, validation, dead letters."""

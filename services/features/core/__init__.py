@@ -1,0 +1,1 @@
+"""Pure feature-update logic: grouping a batch per entity, computing vectors."""

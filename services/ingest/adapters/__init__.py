@@ -1,0 +1,1 @@
+"""Ingest edges: the FastAPI app and the signals.raw consumer."""

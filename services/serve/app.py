@@ -7,15 +7,15 @@ the thin deployment class that builds the real adapters in its replica.
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from opentelemetry.propagate import extract
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 from ray import serve
 
 from libs.common.clients.redis import RedisFeatureStore, make_redis
@@ -120,6 +120,23 @@ def create_app(service: InferenceService, *, manage_lifecycle: bool = False) -> 
         message = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:5])
         return _error(422, "invalid_request", message or "invalid request", detail=errors)
 
+    @contextmanager
+    def _admitted(
+        request: Request, name: str, x_priority: str | None, attributes: dict[str, Any]
+    ) -> Iterator[Span]:
+        """One server span (continuing the caller's trace) around a priority slot."""
+        priority = parse_priority(x_priority)
+        with (
+            tracer().start_as_current_span(
+                name,
+                context=extract(request.headers),
+                kind=SpanKind.SERVER,
+                attributes={**attributes, "priority": priority.value},
+            ) as span,
+            service.limiter.admit(priority),
+        ):
+            yield span
+
     @app.post("/v1/predict")
     async def predict(
         body: PredictRequest,
@@ -127,16 +144,8 @@ def create_app(service: InferenceService, *, manage_lifecycle: bool = False) -> 
         explain: bool = Query(False, description="Add per-feature contributions."),
         x_priority: str | None = Header(None, description="high, normal (default) or low"),
     ) -> Response:
-        priority = parse_priority(x_priority)
-        with (
-            tracer().start_as_current_span(
-                "serve.predict",
-                context=extract(request.headers),
-                kind=SpanKind.SERVER,
-                attributes={"entity_id": body.entity_id, "priority": priority.value},
-            ) as span,
-            service.limiter.admit(priority),
-        ):
+        attributes = {"entity_id": body.entity_id}
+        with _admitted(request, "serve.predict", x_priority, attributes) as span:
             (answer,) = await service.predict([body], explain=explain)
             span.set_attribute("model.version", answer.model.version)
             span.set_attribute("model.variant", answer.model.variant)
@@ -149,16 +158,8 @@ def create_app(service: InferenceService, *, manage_lifecycle: bool = False) -> 
         explain: bool = Query(False, description="Add per-feature contributions."),
         x_priority: str | None = Header(None, description="high, normal (default) or low"),
     ) -> Response:
-        priority = parse_priority(x_priority)
-        with (
-            tracer().start_as_current_span(
-                "serve.predict_batch",
-                context=extract(request.headers),
-                kind=SpanKind.SERVER,
-                attributes={"batch.size": len(body.requests), "priority": priority.value},
-            ),
-            service.limiter.admit(priority),
-        ):
+        attributes = {"batch.size": len(body.requests)}
+        with _admitted(request, "serve.predict_batch", x_priority, attributes):
             answers = await service.predict(body.requests, explain=explain)
         content = '{"predictions":[' + ",".join(_json(a, explain) for a in answers) + "]}"
         return Response(content, media_type="application/json")

@@ -181,13 +181,12 @@ def dlq_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Dead letters with stage, source, reason and detail."""
-    from infra.kafka_tools import read_to_end
-    from libs.common.schemas import RecordRejected
+    from infra.kafka_tools import read_values
+    from libs.common.schemas import DeadLetter
 
     s = _settings()
     rows = [
-        RecordRejected.from_bytes(b)
-        for b in asyncio.run(read_to_end(s.kafka_bootstrap, s.topics.dlq))
+        DeadLetter.from_bytes(b) for b in asyncio.run(read_values(s.kafka_bootstrap, s.topics.dlq))
     ][-limit:]
     if as_json:
         for r in rows:
@@ -213,14 +212,13 @@ def dlq_replay(
     to: Annotated[str | None, typer.Option(help="Target topic; default signals.raw.")] = None,
 ) -> None:
     """Send dead letters' original bytes back through ingest (signals via the raw topic)."""
-    from infra.kafka_tools import read_to_end
+    from infra.kafka_tools import read_values
     from libs.common.clients.kafka import KafkaPublisher
-    from libs.common.schemas import RecordRejected
+    from libs.common.schemas import DeadLetter
 
     s = _settings()
     letters = [
-        RecordRejected.from_bytes(b)
-        for b in asyncio.run(read_to_end(s.kafka_bootstrap, s.topics.dlq))
+        DeadLetter.from_bytes(b) for b in asyncio.run(read_values(s.kafka_bootstrap, s.topics.dlq))
     ]
     chosen = [r for r in letters if reason is None or r.reason == reason]
 

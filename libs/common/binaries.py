@@ -73,8 +73,15 @@ def tansu_command(port: int) -> list[str]:
     ]
 
 
-def redis_command(port: int, workdir: str, *, maxmemory_mb: int | None = None) -> list[str]:
-    """A loopback redis-server without persistence (the broker does not persist either)."""
+def redis_command(
+    port: int, workdir: str, *, maxmemory_mb: int | None = None, persist: bool = True
+) -> list[str]:
+    """A loopback redis-server that keeps its data in `workdir` (append-only file,
+    fsync every second), so a restart keeps the online state.
+
+    With `maxmemory_mb` it runs `noeviction`: a full Redis refuses writes (an error the
+    features service counts and alerts on) instead of silently evicting histories.
+    """
     cmd = [
         redis_binary(),
         "--port",
@@ -84,10 +91,12 @@ def redis_command(port: int, workdir: str, *, maxmemory_mb: int | None = None) -
         "--save",
         "",
         "--appendonly",
-        "no",
+        "yes" if persist else "no",
+        "--appendfsync",
+        "everysec",
         "--dir",
         workdir,
     ]
     if maxmemory_mb:
-        cmd += ["--maxmemory", f"{maxmemory_mb}mb", "--maxmemory-policy", "volatile-lru"]
+        cmd += ["--maxmemory", f"{maxmemory_mb}mb", "--maxmemory-policy", "noeviction"]
     return cmd

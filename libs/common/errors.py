@@ -14,7 +14,7 @@ class DefinitionsError(SignalopsError):
     """
 
 
-class RejectedRecord(SignalopsError):
+class RecordInvalid(SignalopsError):
     """A record failed validation; it goes to the dead-letter topic with `reason`.
 
     Derives from Exception (not BaseException) so asyncio cancellation stays safe.
@@ -30,4 +30,22 @@ class ModelNotFound(SignalopsError):
     """No registered model version answers the request.
 
     Operator action: run `signalops retrain --model NAME` or check the registry.
+    """
+
+
+class DependencyUnavailable(SignalopsError):
+    """Another system (Kafka, Redis, MLflow, the offline store) did not answer in time,
+    or its circuit breaker is open. Transient: callers retry, degrade or redeliver.
+    """
+
+    def __init__(self, dependency: str, detail: str = "") -> None:
+        super().__init__(f"{dependency} unavailable: {detail}" if detail else dependency)
+        self.dependency = dependency
+        self.detail = detail
+
+
+class RollbackUnavailable(SignalopsError):
+    """A rollback was asked for a model that has no previous champion.
+
+    Operator action: promote a version explicitly (`signalops models promote`).
     """

@@ -7,9 +7,12 @@ can be overridden with a `SIGNALOPS_` environment variable (nested: `__`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_ADMIN_TOKEN = "dev-admin-token"  # accepted only when environment is development
 
 
 class Topics(BaseModel):
@@ -35,12 +38,22 @@ class Settings(BaseSettings):
         env_prefix="SIGNALOPS_", env_nested_delimiter="__", extra="ignore"
     )
 
-    environment: str = Field("development", description="development | production")
+    environment: Literal["development", "production"] = Field(
+        "development", description="development | production; anything else is refused"
+    )
     data_dir: Path = Path(".signalops")
     definitions: Path = Path("signalops.yaml")
 
     kafka_bootstrap: str = "127.0.0.1:9092"
-    kafka_partitions: int = 4
+    kafka_partitions: int = Field(4, ge=1)
+    # None: 1 in development (one embedded broker), 3 and 2 in production.
+    kafka_replication_factor: int | None = Field(None, ge=1)
+    kafka_min_insync_replicas: int | None = Field(None, ge=1)
+    # The consume loop: attempts of a failing record before it is dead-lettered, and
+    # the session/poll limits of consumer groups.
+    consumer_max_attempts: int = Field(5, ge=1)
+    consumer_session_timeout_ms: int = Field(10000, ge=1000)
+    consumer_max_poll_interval_ms: int = Field(300000, ge=1000)
     topics: Topics = Topics()
 
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -65,23 +78,35 @@ class Settings(BaseSettings):
     features_metrics_port: int = 8101
     retrain_metrics_port: int = 8102
 
-    admin_token: SecretStr = SecretStr("dev-admin-token")
+    admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
     otlp_endpoint: str | None = None
     log_level: str = "INFO"
 
     # Calls to other systems: timeouts in seconds (retries and breakers wrap them).
     call_timeout_s: float = 2.0
 
-    @field_validator("admin_token")
-    @classmethod
-    def _no_placeholder_token_in_production(cls, v: SecretStr, info: object) -> SecretStr:
-        data = getattr(info, "data", {}) or {}
-        if data.get("environment") == "production" and v.get_secret_value() == "dev-admin-token":
+    @model_validator(mode="after")
+    def _no_placeholder_token_outside_development(self) -> Self:
+        if self.environment != "development" and (
+            self.admin_token.get_secret_value() == DEV_ADMIN_TOKEN
+        ):
             raise ValueError(
                 "SIGNALOPS_ADMIN_TOKEN is the development placeholder; set a real token "
-                "when SIGNALOPS_ENVIRONMENT=production"
+                f"when SIGNALOPS_ENVIRONMENT={self.environment}"
             )
-        return v
+        return self
+
+    @property
+    def replication_factor(self) -> int:
+        if self.kafka_replication_factor is not None:
+            return self.kafka_replication_factor
+        return 1 if self.environment == "development" else 3
+
+    @property
+    def min_insync_replicas(self) -> int:
+        if self.kafka_min_insync_replicas is not None:
+            return self.kafka_min_insync_replicas
+        return 1 if self.environment == "development" else min(2, self.replication_factor)
 
     @property
     def tracking_uri(self) -> str:

@@ -7,17 +7,16 @@ import json
 import time
 from dataclasses import dataclass
 
-from aiokafka import ConsumerRecord
 from opentelemetry import trace
 
-from libs.common.clients.kafka import Publisher, decode_or_dead_letter
+from libs.common.clients.kafka import DeadLetters, Delivery
 from libs.common.clients.redis import FeatureStore, StoredEvent, StoredVector
 from libs.common.definitions import Definitions
 from libs.common.features import EventHistory
-from libs.common.observability import DEAD_LETTERS, LATENCY, get_logger, tracer
+from libs.common.observability import LATENCY, get_logger, tracer
 from libs.common.observability.tracing import producer_links
 from libs.common.offline import SIGNALS, OfflineStore
-from libs.common.schemas import RecordRejected, Signal
+from libs.common.schemas import Signal
 from libs.common.settings import Topics
 from services.features.core.updates import (
     VectorComputed,
@@ -31,45 +30,40 @@ log = get_logger(__name__)
 
 @dataclass
 class FeaturesHandler:
+    """Signals of one batch -> histories, vectors, offline rows; misplaced ones dead-lettered.
+
+    Args:
+        definitions: sources and views.
+        store: the online store.
+        dead_letters: the runtime's dead-letter middleware (stage "features").
+        topics: topic names (for the span name).
+        offline: the offline store, or None to write online only.
+    """
+
     definitions: Definitions
     store: FeatureStore
-    publisher: Publisher
+    dead_letters: DeadLetters
     topics: Topics
     offline: OfflineStore | None = None
 
-    async def on_valid_signals(self, records: list[ConsumerRecord]) -> list[VectorComputed]:
+    async def on_valid_signals(self, batch: list[Delivery[Signal]]) -> list[VectorComputed]:
         """Handle one consumed batch; returns the vectors written.
 
-        Order matters for at-least-once: the offline file and the online writes both
-        finish before this returns, and only then does the caller commit offsets.
+        Order matters for at-least-once: the offline file, the online writes and the
+        dead letters all finish before this returns, and only then are offsets
+        committed. A retried batch rewrites the same state and the same dead letters
+        (their ids derive from the records).
         """
-        links = producer_links(r.headers for r in records)
+        links = producer_links(d.headers for d in batch)
         with tracer("features").start_as_current_span(
             f"{self.topics.valid} process", kind=trace.SpanKind.CONSUMER, links=links
         ):
-            return await self._handle(records)
+            return await self._handle(batch)
 
-    async def _handle(self, records: list[ConsumerRecord]) -> list[VectorComputed]:
+    async def _handle(self, batch: list[Delivery[Signal]]) -> list[VectorComputed]:
         started = time.perf_counter()
-        decoded = await decode_or_dead_letter(
-            records, Signal, self.publisher, dlq_topic=self.topics.dlq, stage="features"
-        )
-        groups, rejected = group_signals((s for _, s in decoded), self.definitions)
-        for signal, why in rejected:
-            await self.publisher.publish(
-                self.topics.dlq,
-                RecordRejected.of(
-                    signal.to_bytes(),
-                    stage="features",
-                    source=signal.source,
-                    reason=why.reason,
-                    detail=why.detail,
-                    topic=self.topics.valid,
-                    key=signal.entity_id,
-                ),
-                key=signal.source,
-            )
-            DEAD_LETTERS.labels("features", why.reason).inc()
+        delivery_of = {id(d.message): d for d in batch}
+        groups, rejected = group_signals((d.message for d in batch), self.definitions)
         views_of = by_source(self.definitions)
         computed: list[VectorComputed] = []
         for group in groups:
@@ -93,15 +87,23 @@ class FeaturesHandler:
                 for c in computed
             ]
         )
-        if self.offline is not None and decoded:
-            await asyncio.to_thread(self._append_offline, records, [s for _, s in decoded])
+        if self.offline is not None and batch:
+            await asyncio.to_thread(self._append_offline, batch)
+        await self.dead_letters.reject_many(
+            [
+                self.dead_letters.of(
+                    delivery_of[id(signal)], why.reason, why.detail, source=signal.source
+                )
+                for signal, why in rejected
+            ]
+        )
         LATENCY.labels("features", "on_valid_signals").observe(time.perf_counter() - started)
-        log.debug("batch_done", records=len(records), vectors=len(computed))
+        log.debug("batch_done", records=len(batch), vectors=len(computed))
         return computed
 
-    def _append_offline(self, records: list[ConsumerRecord], signals: list[Signal]) -> None:
-        first = min(records, key=lambda r: (r.partition, r.offset))
-        name = f"{first.topic}-{first.partition}-{first.offset}-{len(records)}"
+    def _append_offline(self, batch: list[Delivery[Signal]]) -> None:
+        first = min(batch, key=lambda d: (d.partition, d.offset))
+        name = f"{first.topic}-{first.partition}-{first.offset}-{len(batch)}"
         assert self.offline is not None
         self.offline.append(
             SIGNALS,
@@ -114,7 +116,7 @@ class FeaturesHandler:
                     "ts": s.event_time.timestamp(),
                     "fields_json": json.dumps(s.fields, sort_keys=True),
                 }
-                for s in signals
+                for s in (d.message for d in batch)
             ],
             name=name,
         )

@@ -1,74 +1,76 @@
-"""Features service: consumes signals.valid, keeps online and offline feature stores."""
+"""Features service: signals.valid in; online store, offline store and signals.dlq out.
+
+signals.valid (Signal, group "features") -> FeaturesHandler.on_valid_signals
+    -> Redis histories + vectors, Parquet offline rows, signals.dlq
+"""
 
 from __future__ import annotations
 
 import asyncio
 
-from libs.common.clients.kafka import (
-    KafkaPublisher,
-    consume_batches,
-    ensure_topics,
-    make_consumer,
-    stop_on_signals,
-)
+from libs.common.clients.kafka import KafkaRuntime, Subscription
 from libs.common.clients.redis import FeatureStore, RedisFeatureStore, make_redis
-from libs.common.definitions import Definitions, load_definitions
-from libs.common.observability import (
-    configure_logging,
-    configure_tracing,
-    get_logger,
-    serve_metrics,
-)
+from libs.common.definitions import load_definitions
+from libs.common.lifecycle import OpsServer, stop_on_signals
+from libs.common.observability import configure_logging, configure_tracing, get_logger
 from libs.common.offline import OfflineStore
+from libs.common.schemas import Signal
 from services.features.handlers import FeaturesHandler
 from services.features.settings import FeaturesSettings
 
+SERVICE = "features"
+
 
 def build_app(
-    settings: FeaturesSettings,
-    *,
-    publisher: KafkaPublisher,
-    store: FeatureStore,
-    definitions: Definitions,
-) -> FeaturesHandler:
+    settings: FeaturesSettings, *, store: FeatureStore | None = None
+) -> tuple[KafkaRuntime, FeaturesHandler]:
+    """The runtime with its subscription, and the handler it feeds."""
+    kafka = KafkaRuntime(settings, client_id=SERVICE)
+    store = store or RedisFeatureStore(
+        make_redis(settings.redis_url, settings.call_timeout_s), vector_ttl_s=settings.vector_ttl_s
+    )
     offline = OfflineStore(settings.offline_dir) if settings.write_offline else None
-    return FeaturesHandler(definitions, store, publisher, settings.topics, offline)
+    handler = FeaturesHandler(
+        load_definitions(settings.definitions), store, kafka.dead_letters, settings.topics, offline
+    )
+    kafka.subscribe(
+        Subscription(
+            name=f"{SERVICE} {settings.topics.valid}",
+            topics={settings.topics.valid: Signal},
+            handler=handler.on_valid_signals,
+            group=settings.consumer_group,
+            max_attempts=settings.consumer_max_attempts,
+        )
+    )
+    return kafka, handler
 
 
 async def run(settings: FeaturesSettings, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (SIGTERM/SIGINT when run as a process)."""
     stop = stop or asyncio.Event()
-    definitions = load_definitions(settings.definitions)
-    await ensure_topics(settings.kafka_bootstrap, settings.topics.all(), settings.kafka_partitions)
-    publisher = KafkaPublisher(settings.kafka_bootstrap, client_id="features")
-    store = RedisFeatureStore(make_redis(settings.redis_url, settings.call_timeout_s))
-    consumer = make_consumer(
-        settings.kafka_bootstrap,
-        [settings.topics.valid],
-        group_id=settings.consumer_group,
-        client_id="features",
+    kafka, handler = build_app(settings)
+    ops = OpsServer(
+        SERVICE, settings.metrics_host, settings.features_metrics_port, kafka.liveness, kafka.ready
     )
-    handler = build_app(settings, publisher=publisher, store=store, definitions=definitions)
-    await publisher.start()
-    await consumer.start()
+    await ops.start()
+    await kafka.start()
     get_logger(__name__).info("features_started", topic=settings.topics.valid)
     try:
-        await consume_batches(consumer, handler.on_valid_signals, stop, service="features")
+        await stop.wait()
     finally:
-        await consumer.stop()
-        await publisher.stop()
-        await store.close()
+        await kafka.stop()
+        await handler.store.close()
+        await ops.stop()
 
 
 def main() -> None:
     settings = FeaturesSettings()
-    configure_logging("features", settings.log_level)
-    configure_tracing("features", settings.otlp_endpoint)
-    serve_metrics(settings.features_metrics_port, settings.metrics_host, service="features")
+    configure_logging(SERVICE, settings.log_level)
+    configure_tracing(SERVICE, settings.otlp_endpoint)
 
     async def _main() -> None:
         stop = asyncio.Event()
-        stop_on_signals(stop)
+        stop_on_signals(stop.set)
         await run(settings, stop)
 
     asyncio.run(_main())

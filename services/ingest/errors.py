@@ -1,6 +1,6 @@
 """Errors of the ingest service: request bodies that cannot be taken in at all.
 
-Single bad records are not errors here; they raise libs.common.errors.RejectedRecord
+Single bad records are not errors here; they raise libs.common.errors.RecordInvalid
 and end in the dead-letter topic.
 """
 

@@ -10,17 +10,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from aiokafka import ConsumerRecord
 from opentelemetry import trace
 
-from libs.common.clients.kafka import Publisher, message_key
+from libs.common.clients.kafka import Delivery, Publisher, content_origin, dead_letter
 from libs.common.definitions import Definitions
-from libs.common.errors import RejectedRecord
+from libs.common.errors import RecordInvalid
 from libs.common.observability import DEAD_LETTERS, LATENCY, MESSAGES, get_logger, tracer
 from libs.common.observability.tracing import producer_links
-from libs.common.schemas import Message, RecordRejected, utcnow
+from libs.common.schemas import DeadLetter, Message, utcnow
 from libs.common.settings import Topics
 from services.ingest.core.batch import RecordItem
 from services.ingest.core.validation import record_hints, validate_outcome, validate_signal
@@ -33,8 +31,9 @@ OUTCOMES = "outcomes"  # dead-letter source of rejected outcomes, so replay find
 
 log = get_logger(__name__)
 
-# (item, rejection) -> (source, original topic, original key) of its dead letter
-Origin = Callable[[RecordItem, RejectedRecord], tuple[str, str | None, str | None]]
+# (item, rejection) -> (source, original topic, original key, origin) of its dead
+# letter; the origin (where the record sits, or its content) makes the letter's id.
+Origin = Callable[[RecordItem, RecordInvalid], tuple[str, str | None, str | None, str]]
 
 
 @dataclass
@@ -77,7 +76,12 @@ class IngestHandler:
                 judged,
                 self.topics.outcomes,
                 HTTP,
-                lambda i, e: (OUTCOMES, None, record_hints(i.record)[1]),
+                lambda i, e: (
+                    OUTCOMES,
+                    None,
+                    record_hints(i.record)[1],
+                    content_origin(i.raw, i.index),
+                ),
             )
             return BatchResult.of(judged)
 
@@ -85,26 +89,31 @@ class IngestHandler:
         self, body: bytes, error: InvalidBody, *, source: str = HTTP
     ) -> BatchResult:
         """A body that is not JSON: dead-letter it whole, answer one rejection."""
-        rejection = RejectedRecord(error.reason, detail=str(error))
+        rejection = RecordInvalid(error.reason, detail=str(error))
         judged = Judged(rejected=[(RecordItem(0, body, body), rejection)])
-        await self._publish(judged, self.topics.valid, HTTP, lambda i, e: (source, None, None))
+        await self._publish(
+            judged,
+            self.topics.valid,
+            HTTP,
+            lambda i, e: (source, None, None, content_origin(i.raw, i.index)),
+        )
         return BatchResult(rejected=[Rejected(0, rejection.reason, rejection.detail)])
 
-    async def on_raw_records(self, records: Sequence[ConsumerRecord]) -> BatchResult:
+    async def on_raw_records(self, batch: Sequence[Delivery[bytes]]) -> BatchResult:
         """Signals produced straight to signals.raw: the same validation as over HTTP.
 
         Dead letters keep the raw topic and key; their source is the record's source
         name, else the raw topic. The batch span links each producer's trace.
         """
-        by_index = dict(enumerate(records))
-        items = [RecordItem(i, r.value or b"", r.value or b"") for i, r in by_index.items()]
+        by_index = dict(enumerate(batch))
+        items = [RecordItem(i, d.value, d.value) for i, d in by_index.items()]
 
-        def origin(item: RecordItem, _: RejectedRecord) -> tuple[str, str | None, str | None]:
-            rec = by_index[item.index]
-            return record_hints(item.raw)[0] or rec.topic, rec.topic, message_key(rec)
+        def origin(item: RecordItem, _: RecordInvalid) -> tuple[str, str | None, str | None, str]:
+            d = by_index[item.index]
+            return record_hints(item.raw)[0] or d.topic, d.topic, d.key, d.origin
 
-        links = producer_links(r.headers for r in records)
-        topic = records[0].topic if records else self.topics.raw
+        links = producer_links(d.headers for d in batch)
+        topic = batch[0].topic if batch else self.topics.raw
         with (
             tracer(SERVICE).start_as_current_span(
                 f"{topic} process", kind=trace.SpanKind.CONSUMER, links=links
@@ -131,10 +140,9 @@ class IngestHandler:
             for _, message in judged.valid
         ]
         for item, rejection in judged.rejected:
-            source, topic, key = origin(item, rejection)
-            out.append(
-                (self.topics.dlq, self._dead_letter(item, rejection, source, topic, key), source)
-            )
+            source, topic, key, where = origin(item, rejection)
+            letter = self._dead_letter(item, rejection, source, topic, key, where)
+            out.append((self.topics.dlq, letter, source))
         await self._send(out)
         MESSAGES.labels(SERVICE, input_label, "accepted").inc(len(judged.valid))
         if judged.rejected:
@@ -153,11 +161,12 @@ class IngestHandler:
     def _dead_letter(
         self,
         item: RecordItem,
-        rejection: RejectedRecord,
+        rejection: RecordInvalid,
         source: str,
         topic: str | None,
         key: str | None,
-    ) -> RecordRejected:
+        where: str,
+    ) -> DeadLetter:
         original, detail = item.raw, rejection.detail
         if len(original) > self.dead_letter_max_bytes:
             # Keeps the dead letter under the broker's message size. Only bodies that are
@@ -167,30 +176,25 @@ class IngestHandler:
                 f" of {len(original)} bytes)"
             )
             original = original[: self.dead_letter_max_bytes]
-        return RecordRejected.of(
+        return dead_letter(
             original,
             stage=SERVICE,
             source=source,
             reason=rejection.reason,
+            origin=where,
             detail=detail,
             topic=topic,
             key=key,
         )
 
     async def _send(self, out: list[tuple[str, Message, str | None]]) -> None:
-        many: Any = getattr(self.publisher, "publish_many", None)
-        if many is not None:
-            # KafkaPublisher.publish_many pipelines the sends in order, then awaits all
-            # acknowledgements: one round trip per batch instead of one per record.
-            await many(out)
-            return
-        for topic, message, key in out:
-            await self.publisher.publish(topic, message, key=key)
+        # Pipelined in order, then all acknowledgements awaited: one round trip per batch.
+        await self.publisher.publish_many(out)
 
 
 def _http_origin(fallback: str) -> Origin:
-    def origin(item: RecordItem, _: RejectedRecord) -> tuple[str, str | None, str | None]:
+    def origin(item: RecordItem, _: RecordInvalid) -> tuple[str, str | None, str | None, str]:
         source, entity_id = record_hints(item.record)
-        return source or fallback, None, entity_id
+        return source or fallback, None, entity_id, content_origin(item.raw, item.index)
 
     return origin

@@ -1,4 +1,9 @@
-"""Ingest service: HTTP and signals.raw in; signals.valid, outcomes, signals.dlq out."""
+"""Ingest service: HTTP and signals.raw in; signals.valid, outcomes, signals.dlq out.
+
+POST /v1/signals, /v1/outcomes          -> IngestHandler.on_signals / on_outcomes
+signals.raw (raw bytes, group "ingest") -> IngestHandler.on_raw_records
+    -> signals.valid, outcomes, signals.dlq
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,12 @@ from datetime import datetime
 import uvicorn
 from fastapi import FastAPI
 
-from libs.common.clients.kafka import Publisher
+from libs.common.clients.kafka import KafkaRuntime, Publisher, Subscription
 from libs.common.definitions import Definitions, load_definitions
 from libs.common.observability import configure_logging, configure_tracing
 from libs.common.observability.metrics import INFO
 from libs.common.schemas import utcnow
 from services.ingest.adapters.http import always_ready, create_app
-from services.ingest.adapters.kafka import KafkaRuntime
 from services.ingest.handlers import IngestHandler
 from services.ingest.settings import IngestSettings
 
@@ -44,16 +48,21 @@ def build_app(
         clock=clock,
     )
 
+    if kafka is not None:
+        kafka.subscribe(
+            Subscription(
+                name=f"ingest {settings.topics.raw}",
+                topics={settings.topics.raw: None},  # raw bytes: validation is ingest's job
+                handler=handler.on_raw_records,
+                group=settings.consumer_group,
+                max_attempts=settings.consumer_max_attempts,
+            )
+        )
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if kafka is not None:
-            await kafka.start(settings.topics.all())
-            kafka.consume(
-                settings.topics.raw,
-                handler.on_raw_records,
-                group=settings.consumer_group,
-                session_timeout_ms=settings.consumer_session_timeout_ms,
-            )
+            await kafka.start()
         try:
             yield
         finally:
@@ -61,7 +70,10 @@ def build_app(
                 await kafka.stop()
 
     ready = kafka.ready if kafka is not None else always_ready
-    return create_app(handler, settings, definitions, readiness=ready, lifespan=lifespan)
+    alive = kafka.liveness if kafka is not None else list
+    return create_app(
+        handler, settings, definitions, readiness=ready, liveness=alive, lifespan=lifespan
+    )
 
 
 def main() -> None:

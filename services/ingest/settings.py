@@ -24,9 +24,3 @@ class IngestSettings(Settings):
         "truncated so the dead letter stays under the broker's message size limit.",
     )
     consumer_group: str = "ingest"
-    consumer_session_timeout_ms: int = Field(
-        10000,
-        ge=3000,
-        description="Group session timeout of the signals.raw consumer; Tansu also delays "
-        "joining the group by half of it.",
-    )

@@ -7,9 +7,9 @@ so serve follows a manual change exactly as it follows a training run.
 from __future__ import annotations
 
 from libs.common.clients.kafka import KafkaPublisher, Publisher
+from libs.common.registry import AliasMove, MlflowRegistry, Registry, VersionInfo
 from libs.common.schemas import ModelChanged
 from libs.common.settings import Settings
-from services.retrain.adapters.registry import AliasMove, MlflowRegistry, Registry, VersionInfo
 from services.retrain.core import events
 
 

@@ -19,12 +19,13 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from libs.common.definitions import Definitions
 from libs.common.observability import get_logger
 from libs.common.offline import OUTCOMES, SIGNALS, OfflineStore
+from libs.common.registry import MlflowRegistry, Registry
 from libs.common.schemas import Outcome, Signal, utcnow
 from libs.common.synthetic import SyntheticConfig, SyntheticSource
-from services.retrain.adapters.registry import MlflowRegistry, Registry
 from services.retrain.core.offline_rows import outcome_row, signal_row
+from services.retrain.core.results import TrainingResult
 from services.retrain.settings import RetrainSettings
-from services.retrain.train import TrainingResult, train_model
+from services.retrain.train import train_model
 
 log = get_logger(__name__)
 

@@ -26,10 +26,3 @@ class NoTrainingData(RetrainError):
     Operator action: wait for outcomes to arrive (topic `outcomes`), or check that
     the features service writes signals to the offline store.
     """
-
-
-class RollbackUnavailable(RetrainError):
-    """A rollback was asked for but the registry remembers no previous champion.
-
-    Operator action: promote a version explicitly (`signalops models promote NAME VERSION`).
-    """

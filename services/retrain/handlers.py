@@ -4,10 +4,11 @@ Trainer side (group "retrain-trainer"): retrain requests and drift events become
 training runs; each run's ModelChanged facts go to the models topic. Log side
 (group "retrain-log"): outcomes and predictions become offline-store files.
 
-Failure policy (STYLE.md section 8): an undecodable record or an unknown model is a
-dead letter; a failing training run is logged with its traceback and counted, publishes
-nothing, and returns normally so its request offset is committed (a poison request
-cannot loop). Only a failing publish or write raises, so the batch is redelivered.
+Failure policy: the runtime dead-letters undecodable records; an unknown model or a
+training run that fails is dead-lettered here with its reason (a poison request never
+loops); a request whose id is already tagged on a registered version is not trained
+again (redelivery after a crash or a rebalance). Only a failing publish or write
+raises, and the runtime retries the batch.
 """
 
 from __future__ import annotations
@@ -18,44 +19,41 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
-from aiokafka import ConsumerRecord
-
-from libs.common.clients.kafka import Publisher, decode_or_dead_letter, message_key
+from libs.common.clients.kafka import DeadLetters, Delivery, Publisher
 from libs.common.definitions import Definitions
-from libs.common.observability import DEAD_LETTERS, MESSAGES, extract_context, get_logger, tracer
+from libs.common.observability import extract_context, get_logger, tracer
 from libs.common.offline import OUTCOMES, PREDICTIONS, OfflineStore
-from libs.common.schemas import (
-    DriftDetected,
-    Message,
-    Outcome,
-    PredictionMade,
-    RecordRejected,
-    RetrainModel,
-)
+from libs.common.schemas import DriftDetected, Outcome, PredictionMade, RetrainModel
 from services.retrain.core.offline_rows import batch_file_name, outcome_row, prediction_row
+from services.retrain.core.results import TrainingResult
 from services.retrain.errors import NoTrainingData, UnknownModel
 from services.retrain.metrics import CHAMPION_AUC, OFFLINE_ROWS, TRAINING_RUNS, TRAINING_SECONDS
 from services.retrain.settings import RetrainSettings
-from services.retrain.train import TrainingResult
 
 log = get_logger(__name__)
 
 STAGE = "retrain"
-M = TypeVar("M", bound=Message)
 
-Trainer = Callable[[str, str], TrainingResult]
-"""(model name, reason) -> result; blocking (runs in a worker thread)."""
+Trainer = Callable[[str, str, Sequence[str]], TrainingResult]
+"""(model name, reason, request ids) -> result; blocking (runs in a worker thread)."""
+
+AnsweredBy = Callable[[str, str], str | None]
+"""(model, request id) -> the version already registered for that request, or None."""
 
 
 @dataclass(frozen=True)
 class TrainingJob:
-    """One validated reason to train a model, with the record that asked for it."""
+    """One validated reason to train a model, with the delivery that asked for it."""
 
     model: str
     reason: str
-    record: ConsumerRecord
+    delivery: Delivery[Any]
+
+    @property
+    def request_id(self) -> str:
+        return str(self.delivery.message.event_id)
 
 
 def drift_reason(event: DriftDetected) -> str:
@@ -73,9 +71,11 @@ class RetrainHandlers:
     Args:
         settings: retrain settings (topics).
         definitions: the definitions (which models exist).
-        publisher: where ModelChanged facts and dead letters go.
+        publisher: where ModelChanged facts go.
+        dead_letters: the runtime's dead-letter middleware (stage "retrain").
         trainer: runs one training (normally `train_model` bound to settings and registry).
         store: the offline store outcomes and predictions are appended to.
+        answered_by: finds the version a request id already produced.
     """
 
     def __init__(
@@ -83,150 +83,131 @@ class RetrainHandlers:
         settings: RetrainSettings,
         definitions: Definitions,
         publisher: Publisher,
+        dead_letters: DeadLetters,
         trainer: Trainer,
         store: OfflineStore,
+        answered_by: AnsweredBy = lambda _model, _request: None,
     ) -> None:
-        self._settings = settings
         self._topics = settings.topics
         self._models = {m.name for m in definitions.models}
         self._publisher = publisher
+        self._dead_letters = dead_letters
         self._trainer = trainer
         self._store = store
+        self._answered_by = answered_by
 
     # trainer side -----------------------------------------------------------------
-    async def on_trainer_batch(self, records: list[ConsumerRecord]) -> None:
-        """Retrain requests and drift events of one poll; one run per model per batch."""
-        jobs = await self._retrain_jobs([r for r in records if r.topic == self._topics.retrain])
-        jobs += await self._drift_jobs([r for r in records if r.topic == self._topics.drift])
-        await self._run(jobs)
+    async def on_trainer_batch(self, batch: list[Delivery[Any]]) -> None:
+        """Retrain requests and drift events of one poll; one run per model per batch.
 
-    async def on_retrain_request(self, records: Sequence[ConsumerRecord]) -> None:
-        """RetrainModel records: train each named model; unknown models are dead letters."""
-        await self._run(await self._retrain_jobs(records))
-
-    async def on_drift(self, records: Sequence[ConsumerRecord]) -> None:
-        """DriftDetected records: handled like a retrain request, reason from the event.
-
-        This is the seam of the drift monitor: it publishes DriftDetected on the drift
-        topic and the trainer picks it up here.
+        The runtime pauses the partitions while this runs, so a training longer than
+        the consumer's max_poll_interval keeps the group membership.
         """
-        await self._run(await self._drift_jobs(records))
+        jobs: list[TrainingJob] = []
+        for d in batch:
+            if isinstance(d.message, RetrainModel):
+                m = d.message
+                jobs.append(TrainingJob(m.model, m.reason or f"requested by {m.requested_by}", d))
+            elif isinstance(d.message, DriftDetected):
+                jobs.append(TrainingJob(d.message.model, drift_reason(d.message), d))
+        await self._run(await self._known(jobs))
 
-    async def _retrain_jobs(self, records: Sequence[ConsumerRecord]) -> list[TrainingJob]:
-        decoded = await self._decode(records, RetrainModel)
-        return await self._known(
-            [(rec, m.model, m.reason or f"requested by {m.requested_by}") for rec, m in decoded]
-        )
-
-    async def _drift_jobs(self, records: Sequence[ConsumerRecord]) -> list[TrainingJob]:
-        decoded = await self._decode(records, DriftDetected)
-        return await self._known([(rec, e.model, drift_reason(e)) for rec, e in decoded])
-
-    async def _decode(
-        self, records: Sequence[ConsumerRecord], schema: type[M]
-    ) -> list[tuple[ConsumerRecord, M]]:
-        return await decode_or_dead_letter(
-            records, schema, self._publisher, dlq_topic=self._topics.dlq, stage=STAGE
-        )
-
-    async def _known(self, asks: list[tuple[ConsumerRecord, str, str]]) -> list[TrainingJob]:
-        jobs = []
-        for rec, model, reason in asks:
-            if model in self._models:
-                jobs.append(TrainingJob(model, reason, rec))
-                continue
-            error = UnknownModel(model, sorted(self._models))
-            await self._publisher.publish(
-                self._topics.dlq,
-                RecordRejected.of(
-                    rec.value or b"",
-                    stage=STAGE,
-                    source=rec.topic,
-                    reason="unknown_model",
-                    detail=str(error),
-                    topic=rec.topic,
-                    key=message_key(rec),
-                ),
-                key=rec.topic,
-            )
-            DEAD_LETTERS.labels(STAGE, "unknown_model").inc()
-            MESSAGES.labels(STAGE, rec.topic, "dead_letter").inc()
-            log.warning("unknown_model", model=model, topic=rec.topic, offset=rec.offset)
-        return jobs
+    async def _known(self, jobs: list[TrainingJob]) -> list[TrainingJob]:
+        known, unknown = [], []
+        for job in jobs:
+            if job.model in self._models:
+                known.append(job)
+            else:
+                error = UnknownModel(job.model, sorted(self._models))
+                unknown.append(self._dead_letters.of(job.delivery, "unknown_model", str(error)))
+        await self._dead_letters.reject_many(unknown)
+        return known
 
     async def _run(self, jobs: list[TrainingJob]) -> None:
         by_model: dict[str, list[TrainingJob]] = defaultdict(list)
         for job in jobs:
             by_model[job.model].append(job)
         for model, asks in by_model.items():
+            asks = await self._unanswered(model, asks)
+            if not asks:
+                continue
             reason = "; ".join(dict.fromkeys(j.reason for j in asks))
             with tracer().start_as_current_span(
                 "retrain.train",
-                context=extract_context(asks[0].record.headers),
+                context=extract_context(list(asks[0].delivery.headers)),
                 attributes={"model": model, "requests": len(asks)},
             ):
-                await self.train(model, reason)
+                failure = await self.train(model, reason, [j.request_id for j in asks])
+            if failure is not None:
+                await self._dead_letters.reject_many(
+                    [self._dead_letters.of(j.delivery, "training_failed", failure) for j in asks]
+                )
 
-    async def train(self, model: str, reason: str) -> TrainingResult | None:
-        """Run one training and publish what it produced; never raises on a failed run.
+    async def _unanswered(self, model: str, asks: list[TrainingJob]) -> list[TrainingJob]:
+        """The asks no registered version answers yet (redelivered ones are dropped)."""
+        out = []
+        for job in asks:
+            version = await asyncio.to_thread(self._answered_by, model, job.request_id)
+            if version is None:
+                out.append(job)
+            else:
+                TRAINING_RUNS.labels(model, "duplicate").inc()
+                log.info(
+                    "request_already_answered",
+                    model=model,
+                    request_id=job.request_id,
+                    version=version,
+                )
+        return out
+
+    async def train(self, model: str, reason: str, request_ids: Sequence[str] = ()) -> str | None:
+        """Run one training and publish what it produced.
 
         Returns:
-            The result, or None when the run was skipped (no data) or failed.
+            None when the run registered a version or was skipped for lack of data;
+            the failure, as text, when it failed (the caller dead-letters the asks).
         """
         started = time.perf_counter()
         try:
-            result = await asyncio.to_thread(self._trainer, model, reason)
+            result = await asyncio.to_thread(self._trainer, model, reason, request_ids)
         except NoTrainingData as exc:
             log.warning("training_skipped", model=model, reason=reason, detail=str(exc))
             TRAINING_RUNS.labels(model, "skipped").inc()
             return None
-        except Exception:
+        except Exception as exc:
             log.exception("training_failed", model=model, reason=reason)
             TRAINING_RUNS.labels(model, "failed").inc()
-            return None
+            return f"training {model} failed: {exc!r}"
         finally:
             TRAINING_SECONDS.labels(model).observe(time.perf_counter() - started)
         await self.publish_result(result)
-        return result
+        return None
 
     async def publish_result(self, result: TrainingResult) -> None:
         """Publish a run's ModelChanged facts (registered, then promoted) keyed by model."""
-        for event in result.events():
-            await self._publisher.publish(self._topics.models, event, key=result.model)
+        await self._publisher.publish_many(
+            [(self._topics.models, event, result.model) for event in result.events()]
+        )
         TRAINING_RUNS.labels(result.model, "promoted" if result.promoted else "registered").inc()
         auc = result.metrics.get("auc", math.nan)
         if result.promoted and not math.isnan(auc):
             CHAMPION_AUC.labels(result.model).set(auc)
 
     # log side -----------------------------------------------------------------------
-    async def on_log_batch(self, records: list[ConsumerRecord]) -> None:
+    async def on_log_batch(self, batch: list[Delivery[Any]]) -> None:
         """Outcomes and predictions of one poll, each appended to the offline store."""
-        await self.on_outcomes([r for r in records if r.topic == self._topics.outcomes])
-        await self.on_predictions([r for r in records if r.topic == self._topics.predictions])
+        outcomes = [d for d in batch if isinstance(d.message, Outcome)]
+        predictions = [d for d in batch if isinstance(d.message, PredictionMade)]
+        await self._append(OUTCOMES, [(d, outcome_row(d.message)) for d in outcomes])
+        await self._append(PREDICTIONS, [(d, prediction_row(d.message)) for d in predictions])
 
-    async def on_outcomes(self, records: Sequence[ConsumerRecord]) -> None:
-        """Outcome records -> one offline file per topic-partition (labels for training)."""
-        decoded = await self._decode(records, Outcome)
-        await self._append(OUTCOMES, records, [(rec, outcome_row(o)) for rec, o in decoded])
-
-    async def on_predictions(self, records: Sequence[ConsumerRecord]) -> None:
-        """PredictionMade records -> one offline file per topic-partition (join anchors)."""
-        decoded = await self._decode(records, PredictionMade)
-        await self._append(PREDICTIONS, records, [(rec, prediction_row(p)) for rec, p in decoded])
-
-    async def _append(
-        self,
-        kind: str,
-        records: Sequence[ConsumerRecord],
-        rows: list[tuple[ConsumerRecord, dict[str, object]]],
-    ) -> None:
+    async def _append(self, kind: str, rows: list[tuple[Delivery[Any], dict[str, object]]]) -> None:
         first: dict[tuple[str, int], int] = {}
-        for rec in records:
-            tp = (rec.topic, rec.partition)
-            first[tp] = min(first.get(tp, rec.offset), rec.offset)
         grouped: dict[tuple[str, int], list[dict[str, object]]] = defaultdict(list)
-        for rec, row in rows:
-            grouped[(rec.topic, rec.partition)].append(row)
+        for d, row in rows:
+            tp = (d.topic, d.partition)
+            first[tp] = min(first.get(tp, d.offset), d.offset)
+            grouped[tp].append(row)
         for (topic, partition), part in grouped.items():
             name = batch_file_name(topic, partition, first[(topic, partition)])
             await asyncio.to_thread(self._store.append, kind, part, name=name)

@@ -1,35 +1,29 @@
 """Retrain service wiring: `python -m services.retrain.main` (spawned by `signalops up`).
 
-Reads retrain.requests + drift.events (group "retrain-trainer") and outcomes +
-predictions (group "retrain-log"); writes models.events and the dead-letter topic.
+retrain.requests (RetrainModel) + drift.events (DriftDetected), group "retrain-trainer"
+    -> RetrainHandlers.on_trainer_batch -> MLflow versions, models.events, signals.dlq
+outcomes (Outcome) + predictions (PredictionMade), group "retrain-log"
+    -> RetrainHandlers.on_log_batch -> offline store
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import ray
 
-from libs.common.clients.kafka import (
-    KafkaPublisher,
-    Publisher,
-    consume_batches,
-    ensure_topics,
-    make_consumer,
-    stop_on_signals,
-)
+from libs.common.clients.kafka import KafkaRuntime, Subscription
 from libs.common.definitions import Definitions, load_definitions
-from libs.common.observability import (
-    configure_logging,
-    configure_tracing,
-    get_logger,
-    serve_metrics,
-)
+from libs.common.lifecycle import OpsServer, stop_on_signals
+from libs.common.observability import configure_logging, configure_tracing, get_logger
 from libs.common.offline import OfflineStore
-from services.retrain.adapters.registry import MlflowRegistry, Registry
+from libs.common.registry import MlflowRegistry, Registry
+from libs.common.schemas import DriftDetected, Outcome, PredictionMade, RetrainModel
 from services.retrain.bootstrap import bootstrap_models
+from services.retrain.core.results import TrainingResult
 from services.retrain.handlers import RetrainHandlers
 from services.retrain.settings import RetrainSettings
 from services.retrain.train import train_model
@@ -46,67 +40,83 @@ class RetrainApp:
     settings: RetrainSettings
     definitions: Definitions
     handlers: RetrainHandlers
-    publisher: Publisher
+    kafka: KafkaRuntime
     registry: Registry
-    kafka: KafkaPublisher | None  # the publisher this app started and must stop
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Start up (topics, publisher, Ray, bootstrap), consume until `stop`, shut down."""
-        s, topics = self.settings, self.settings.topics
-        await ensure_topics(s.kafka_bootstrap, topics.all(), s.kafka_partitions)
-        if self.kafka is not None:
-            await self.kafka.start()
+        """Start up (ops server, topics, publisher, Ray, bootstrap), consume until `stop`."""
+        s = self.settings
+        ops = OpsServer(
+            SERVICE, s.metrics_host, s.retrain_metrics_port, self.kafka.liveness, self.kafka.ready
+        )
+        await ops.start()
         connect_ray(s)
-        trainer = make_consumer(
-            s.kafka_bootstrap,
-            [topics.retrain, topics.drift],
-            group_id=TRAINER_GROUP,
-            client_id=f"{SERVICE}-trainer",
-        )
-        logger = make_consumer(
-            s.kafka_bootstrap,
-            [topics.outcomes, topics.predictions],
-            group_id=LOG_GROUP,
-            client_id=f"{SERVICE}-log",
-        )
         try:
             if s.bootstrap_enabled:
-                for result in await asyncio.to_thread(
+                results = await asyncio.to_thread(
                     bootstrap_models, s, self.definitions, registry=self.registry
-                ):
-                    await self.handlers.publish_result(result)
-            await trainer.start()
-            await logger.start()
+                )
+            else:
+                results = []
+            await self.kafka.start()
+            for result in results:
+                await self.handlers.publish_result(result)
             log.info("retrain_consuming", models=[m.name for m in self.definitions.models])
-            await asyncio.gather(
-                consume_batches(trainer, self.handlers.on_trainer_batch, stop, service=SERVICE),
-                consume_batches(logger, self.handlers.on_log_batch, stop, service=SERVICE),
-            )
+            await stop.wait()
         finally:
-            await trainer.stop()
-            await logger.stop()
+            await self.kafka.stop()
+            await ops.stop()
             log.info("retrain_stopped")
-            if self.kafka is not None:
-                await self.kafka.stop()
 
 
-def build_app(
-    settings: RetrainSettings,
-    *,
-    publisher: Publisher | None = None,
-    registry: Registry | None = None,
-) -> RetrainApp:
-    """Wire the service; tests pass fakes for `publisher` and `registry`."""
+def build_app(settings: RetrainSettings, *, registry: Registry | None = None) -> RetrainApp:
+    """Wire the service; tests pass a fake `registry`."""
     definitions = load_definitions(settings.definitions)
     registry = registry or MlflowRegistry.from_settings(settings)
-    kafka = None
-    if publisher is None:
-        kafka = publisher = KafkaPublisher(settings.kafka_bootstrap, client_id=SERVICE)
-    trainer = functools.partial(train_model, settings, definitions, registry=registry)
+    kafka = KafkaRuntime(settings, client_id=SERVICE)
     handlers = RetrainHandlers(
-        settings, definitions, publisher, trainer, OfflineStore(settings.offline_dir)
+        settings,
+        definitions,
+        kafka,
+        kafka.dead_letters,
+        functools.partial(_train, settings, definitions, registry),
+        OfflineStore(settings.offline_dir),
+        answered_by=registry.version_for_request,
     )
-    return RetrainApp(settings, definitions, handlers, publisher, registry, kafka)
+    t = settings.topics
+    kafka.subscribe(
+        Subscription(
+            name=f"{SERVICE} trainer",
+            topics={t.retrain: RetrainModel, t.drift: DriftDetected},
+            handler=handlers.on_trainer_batch,
+            group=TRAINER_GROUP,
+            max_attempts=settings.consumer_max_attempts,
+            max_records=50,
+        )
+    )
+    kafka.subscribe(
+        Subscription(
+            name=f"{SERVICE} log",
+            topics={t.outcomes: Outcome, t.predictions: PredictionMade},
+            handler=handlers.on_log_batch,
+            group=LOG_GROUP,
+            max_attempts=settings.consumer_max_attempts,
+        )
+    )
+    return RetrainApp(settings, definitions, handlers, kafka, registry)
+
+
+def _train(
+    settings: RetrainSettings,
+    definitions: Definitions,
+    registry: Registry,
+    model: str,
+    reason: str,
+    request_ids: Sequence[str],
+) -> TrainingResult:
+    return train_model(
+        settings, definitions, model, reason, registry=registry, request_ids=request_ids
+    )
 
 
 def connect_ray(settings: RetrainSettings) -> None:
@@ -120,7 +130,7 @@ async def _serve(app: RetrainApp) -> None:
     # ours, which finishes the current batch, replace it.
     connect_ray(app.settings)
     stop = asyncio.Event()
-    stop_on_signals(stop)
+    stop_on_signals(stop.set)
     await app.run(stop)
 
 
@@ -128,7 +138,6 @@ def main() -> None:
     settings = RetrainSettings()
     configure_logging(SERVICE, settings.log_level)
     configure_tracing(SERVICE, settings.otlp_endpoint)
-    serve_metrics(settings.retrain_metrics_port, settings.metrics_host, service=SERVICE)
     asyncio.run(_serve(build_app(settings)))
 
 

@@ -8,57 +8,22 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 from libs.common.definitions import Definitions
 from libs.common.observability import get_logger
 from libs.common.offline import OfflineStore
-from libs.common.schemas import ModelChanged
+from libs.common.registry import MlflowRegistry, Registry, request_tags
 from services.retrain.adapters.ray_data import build_training_frame
-from services.retrain.adapters.registry import MlflowRegistry, Registry
-from services.retrain.core import events
 from services.retrain.core.dataset import JoinSpec
-from services.retrain.core.promotion import PromotionDecision, decide
+from services.retrain.core.promotion import decide
+from services.retrain.core.results import TrainingResult
 from services.retrain.core.training import TrainedModel, holdout_auc, train_booster
 from services.retrain.errors import UnknownModel
 from services.retrain.settings import RetrainSettings
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainingResult:
-    """What one training run produced: a registered version and the promotion verdict.
-
-    Attributes:
-        model: model name.
-        version: the registered version.
-        reason: why the run happened (request reason, drift, "bootstrap").
-        metrics: holdout metrics (auc, log_loss, rows, train_rows, holdout_rows, ...).
-        decision: the promotion decision with its reasons.
-        previous_champion: the champion before this run, if any.
-        timings: seconds per stage (join, train, register, total).
-    """
-
-    model: str
-    version: str
-    reason: str
-    metrics: dict[str, float]
-    decision: PromotionDecision
-    previous_champion: str | None
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def promoted(self) -> bool:
-        return self.decision.promote
-
-    def events(self) -> list[ModelChanged]:
-        """The ModelChanged facts to publish: registered, then promoted if it was."""
-        out = [events.registered(self.model, self.version, self.metrics, self.reason)]
-        if self.promoted:
-            out.append(events.promoted(self.model, self.version, self.metrics, self.reason))
-        return out
 
 
 def _champion_auc(
@@ -90,6 +55,7 @@ def train_model(
     *,
     registry: Registry | None = None,
     offline_root: str | Path | None = None,
+    request_ids: Sequence[str] = (),
 ) -> TrainingResult:
     """Train `model_name` on the offline store, register the version, promote if it passes.
 
@@ -103,6 +69,8 @@ def train_model(
         reason: why; recorded as a version tag and in the ModelChanged events.
         registry: the model registry; MLflow from `settings` when None.
         offline_root: the offline store to read; `settings.offline_dir` when None.
+        request_ids: event ids of the requests this run answers; tagged on the version
+            so a redelivered request finds it (`Registry.version_for_request`).
 
     Returns:
         The registered version, its metrics and the promotion decision.
@@ -116,11 +84,8 @@ def train_model(
     except KeyError:
         raise UnknownModel(model_name, [m.name for m in definitions.models]) from None
     registry = registry or MlflowRegistry.from_settings(settings)
-    # Imported here: bootstrap imports this module.
-    from services.retrain.bootstrap import bootstrap_root
-
     include = (
-        [bootstrap_root(settings)]
+        [settings.bootstrap_dir]
         if offline_root is None and (settings.includes_bootstrap_history)
         else []
     )
@@ -158,6 +123,7 @@ def train_model(
             "training_rows": str(trained.metrics.rows),
             "data": store.root,
             "promotion": decision.summary[:5000],
+            **request_tags(request_ids),
         },
         example=trained.holdout[trained.columns].head(5),
     )

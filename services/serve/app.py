@@ -23,10 +23,10 @@ from libs.common.definitions import load_definitions
 from libs.common.http import JsonBodiesByDefault
 from libs.common.observability.logging import configure_logging, get_logger
 from libs.common.observability.tracing import configure_tracing, tracer
+from libs.common.registry import MlflowRegistry
 from libs.common.schemas import new_id
 from services.serve.adapters.model_events import KafkaModelEvents
 from services.serve.adapters.prediction_log import KafkaPredictionLog
-from services.serve.adapters.registry import MlflowModelSource
 from services.serve.core.priority import parse_priority
 from services.serve.errors import (
     BadPriority,
@@ -195,21 +195,14 @@ def build_service(settings: ServeSettings, *, replica: str | None = None) -> Inf
         settings,
         load_definitions(settings.definitions),
         store=RedisFeatureStore(make_redis(settings.redis_url, settings.call_timeout_s)),
-        models=MlflowModelSource(settings.tracking_uri),
+        models=MlflowRegistry.from_settings(settings),
         prediction_log=KafkaPredictionLog(
-            settings.kafka_bootstrap,
-            settings.topics.predictions,
+            settings,
             client_id=f"serve-{replica}",
-            partitions=settings.kafka_partitions,
             max_pending=settings.prediction_log_max_pending,
             timeout_s=settings.call_timeout_s * 5,
         ),
-        events=KafkaModelEvents(
-            settings.kafka_bootstrap,
-            settings.topics.models,
-            client_id=f"serve-{replica}",
-            partitions=settings.kafka_partitions,
-        ),
+        events=KafkaModelEvents(settings, client_id=f"serve-{replica}"),
     )
 
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import random
 from datetime import UTC, datetime
 
 from libs.common.definitions import Definitions, ModelDefinition
 from libs.common.features import model_columns
 from libs.common.observability.logging import get_logger
+from libs.common.registry import CHALLENGER, CHAMPION
+from libs.common.resilience import Policy
 from libs.common.schemas import ModelChanged, Variant
-from services.serve.adapters.base import ModelEvents, ModelSource
-from services.serve.adapters.registry import CHALLENGER, CHAMPION
+from services.serve.adapters.base import ModelSource
 from services.serve.core.predict import ModelSlot, Predictor, ServedModel
 from services.serve.core.traffic import traffic_split
 from services.serve.schemas import ModelsView, ServedModelInfo
@@ -30,15 +30,27 @@ class ModelCatalog:
     """Champion (and challenger) of every model in the definitions, loaded from a source."""
 
     def __init__(
-        self, definitions: Definitions, source: ModelSource, *, challenger_fraction: float
+        self,
+        definitions: Definitions,
+        source: ModelSource,
+        *,
+        challenger_fraction: float,
+        policy: Policy | None = None,
     ) -> None:
         self.definitions = definitions
         self.challenger_fraction = challenger_fraction
         self._source = source
+        # Registry calls get a timeout, retries and a breaker: a slow or down registry
+        # leaves the current models serving (or the fallback) and never blocks a request.
+        self._policy = policy or Policy("mlflow", timeout_s=10.0, attempts=2, reset_s=30.0)
         self._slots: dict[str, ModelSlot] = {m.name: ModelSlot() for m in definitions.models}
         self._locks = {m.name: asyncio.Lock() for m in definitions.models}
         self._load_errors: dict[str, str] = {}
-        self.events_status = "off"
+
+    @property
+    def registry_state(self) -> str:
+        """The registry breaker: closed | half_open | open."""
+        return self._policy.state
 
     def slot(self, name: str) -> ModelSlot:
         return self._slots[name]
@@ -59,10 +71,12 @@ class ModelCatalog:
             model = self.definitions.model(name)
             current = self._slots[name]
             try:
-                champion_v = await asyncio.to_thread(self._source.version_of, name, CHAMPION)
+                champion_v = await self._policy.call_blocking(
+                    self._source.version_of, name, CHAMPION
+                )
                 challenger_v = None
                 if champion_v is not None:
-                    challenger_v = await asyncio.to_thread(
+                    challenger_v = await self._policy.call_blocking(
                         self._source.version_of, name, CHALLENGER
                     )
                 if challenger_v == champion_v:
@@ -92,7 +106,10 @@ class ModelCatalog:
                 return (
                     have if have.variant == variant else dataclasses.replace(have, variant=variant)
                 )
-        booster = await asyncio.to_thread(self._source.load, model.name, version)
+        # Loading can take longer than a metadata call: its own, longer timeout.
+        booster = await asyncio.wait_for(
+            asyncio.to_thread(self._source.load_booster, model.name, version), timeout=120
+        )
         predictor = Predictor.from_booster(booster, model_columns(model))
         return ServedModel(model.name, version, variant, predictor, datetime.now(UTC))
 
@@ -109,27 +126,6 @@ class ModelCatalog:
             alias=event.alias,
         )
         await self.refresh(event.model)
-
-    async def follow(self, events: ModelEvents, stop: asyncio.Event, *, started: bool) -> None:
-        """Apply model events until `stop`; a broken feed is reopened with backoff."""
-        backoff = 1.0
-        while not stop.is_set():
-            try:
-                if not started:
-                    await events.start()
-                    started = True
-                self.events_status = "following"
-                backoff = 1.0
-                await events.run(self.on_model_changed, stop)
-            except Exception as exc:
-                started = False
-                self.events_status = f"retrying: {exc!r}"[:200]
-                log.warning("model_events_broken", error=repr(exc), retry_in_s=backoff)
-                with contextlib.suppress(Exception):
-                    await events.stop()
-                if await _sleep_or_stop(stop, backoff * random.uniform(0.5, 1.5)):
-                    return
-                backoff = min(backoff * 2, 30.0)
 
     async def poll(self, interval_s: float, stop: asyncio.Event) -> None:
         """Re-read the registry every `interval_s` until `stop`.

@@ -106,7 +106,7 @@ class InferenceService:
             for m in definitions.models
         }
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
         self.started = False
         self.counts: Counter[str] = Counter()
 
@@ -119,18 +119,19 @@ class InferenceService:
         a replica that is ready sees every later event; otherwise it keeps trying.
         """
         await self._log.start()
-        await self.catalog.refresh_all()
         if self._events is not None:
-            started = False
-            self.catalog.events_status = "connecting"
-            try:
-                async with asyncio.timeout(events_timeout_s):
-                    await self._events.start()
-                started = True
-            except Exception as exc:
-                self.catalog.events_status = f"retrying: {exc!r}"[:200]
-                log.warning("model_events_unavailable", error=repr(exc))
-            self._spawn(self.catalog.follow(self._events, self._stop, started=started))
+            # Follow first, then read the registry: an event landing in between is
+            # applied twice (harmless), never missed.
+            await self._events.start(self.catalog.on_model_changed)
+            if not await self._events.wait_following(events_timeout_s):
+                log.warning("model_events_unavailable", status=self._events.status())
+        # A slow registry must not keep the replica from answering: after the wait,
+        # the first load goes on in the background and the fallback answers meanwhile.
+        first = asyncio.create_task(self.catalog.refresh_all(), name="first registry read")
+        self._tasks.append(first)
+        await asyncio.wait({first}, timeout=self.settings.registry_startup_wait_s)
+        if not first.done():
+            log.warning("registry_slow_at_start", waited_s=self.settings.registry_startup_wait_s)
         if self.settings.registry_poll_s > 0:
             self._spawn(self.catalog.poll(self.settings.registry_poll_s, self._stop))
         self.started = True
@@ -288,8 +289,9 @@ class InferenceService:
             "ready": not reasons,
             "reasons": reasons,
             "models": self.catalog.status(),
-            "model_events": self.catalog.events_status,
+            "model_events": self._events.status() if self._events is not None else "off",
             "feature_store_breaker": self.reader.state,
+            "registry_breaker": self.catalog.registry_state,
             "prediction_log": self._log.stats(),
         }
 

@@ -37,6 +37,12 @@ class ServeSettings(Settings):
     breaker_fail_max: int = Field(5, ge=1)
     breaker_reset_s: float = Field(10.0, gt=0)
 
+    registry_startup_wait_s: float = Field(
+        15.0,
+        ge=0,
+        description="How long a starting replica waits for its first registry "
+        "read before answering with the fallback while the load goes on.",
+    )
     registry_poll_s: float = Field(
         10.0, ge=0, description="Re-check registry aliases this often; 0 turns polling off."
     )

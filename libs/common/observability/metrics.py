@@ -15,6 +15,19 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 CONSUMER_LAG = Gauge("signalops_consumer_lag", "Messages behind the end", ["service", "topic"])
+COMMIT_FAILURES = Counter(
+    "signalops_commit_failures_total",
+    "Offset commits that failed or were skipped (the batch is redelivered)",
+    ["service", "loop", "error"],
+)
+HANDLER_RETRIES = Counter(
+    "signalops_handler_retries_total", "Retried batches of a consume loop", ["service", "loop"]
+)
+LOOP_RESTARTS = Counter(
+    "signalops_consume_loop_restarts_total",
+    "Consume loops restarted after a failure",
+    ["service", "loop"],
+)
 INFO = Gauge("signalops_up", "1 while the service runs", ["service"])
 
 

@@ -2,13 +2,14 @@
 
 from libs.common.schemas.base import Message, new_id, stable_id, utcnow
 from libs.common.schemas.commands import RetrainModel
-from libs.common.schemas.dead_letters import RecordRejected
+from libs.common.schemas.dead_letters import DeadLetter
 from libs.common.schemas.models import DriftDetected, ModelChanged
 from libs.common.schemas.outcomes import Outcome
 from libs.common.schemas.predictions import ModelRef, PredictionMade, Variant
 from libs.common.schemas.signals import FieldValue, Signal
 
 __all__ = [
+    "DeadLetter",
     "DriftDetected",
     "FieldValue",
     "Message",
@@ -16,7 +17,6 @@ __all__ = [
     "ModelRef",
     "Outcome",
     "PredictionMade",
-    "RecordRejected",
     "RetrainModel",
     "Signal",
     "Variant",

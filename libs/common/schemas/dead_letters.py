@@ -9,7 +9,7 @@ from pydantic import Field
 from libs.common.schemas.base import Message
 
 
-class RecordRejected(Message):
+class DeadLetter(Message):
     """A rejected record; `original_b64` holds its bytes exactly as received."""
 
     stage: str = Field(examples=["ingest"])
@@ -31,8 +31,14 @@ class RecordRejected(Message):
         detail: str = "",
         topic: str | None = None,
         key: str | None = None,
-    ) -> RecordRejected:
+        event_id: str | None = None,
+    ) -> DeadLetter:
+        """Build one; `event_id` should be derived from the original record (see
+        libs.common.clients.kafka.dead_letters), so rebuilding it gives the same id.
+        """
+        extra = {"event_id": event_id} if event_id else {}
         return cls(
+            **extra,
             stage=stage,
             source=source or "unknown",
             reason=reason,

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from libs.common.definitions import Definitions, FeatureView, SourceDefinition
-from libs.common.errors import RejectedRecord
+from libs.common.errors import RecordInvalid
 from libs.common.features import EventHistory, FeatureVector, compute_view
 from libs.common.schemas import Signal
 
@@ -38,21 +38,21 @@ class VectorComputed:
 
 def group_signals(
     signals: Iterable[Signal], definitions: Definitions
-) -> tuple[list[EntityBatch], list[tuple[Signal, RejectedRecord]]]:
+) -> tuple[list[EntityBatch], list[tuple[Signal, RecordInvalid]]]:
     """Group by (source, entity); signals this definitions file cannot place are rejected."""
     groups: dict[tuple[str, str], EntityBatch] = {}
-    rejected: list[tuple[Signal, RejectedRecord]] = []
+    rejected: list[tuple[Signal, RecordInvalid]] = []
     for s in signals:
         try:
             source = definitions.source(s.source)
         except KeyError:
-            rejected.append((s, RejectedRecord("unknown_source", detail=f"{s.source!r}")))
+            rejected.append((s, RecordInvalid("unknown_source", detail=f"{s.source!r}")))
             continue
         if s.schema_version != source.version:
             rejected.append(
                 (
                     s,
-                    RejectedRecord(
+                    RecordInvalid(
                         "schema_version_mismatch",
                         detail=f"{s.source} v{s.schema_version}, features know v{source.version}",
                     ),

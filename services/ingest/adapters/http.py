@@ -17,6 +17,7 @@ from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from libs.common.definitions import Definitions
+from libs.common.errors import DependencyUnavailable
 from libs.common.observability import get_logger, tracer
 from libs.common.schemas import Message, Outcome, Signal
 from services.ingest.core.batch import RecordItem, split_body
@@ -42,6 +43,7 @@ def create_app(
     definitions: Definitions,
     *,
     readiness: Readiness = always_ready,
+    liveness: Callable[[], list[str]] = list,
     lifespan: Lifespan | None = None,
 ) -> FastAPI:
     """The FastAPI app; `lifespan` starts and stops what the app owns (Kafka)."""
@@ -63,8 +65,11 @@ def create_app(
         return {"sources": [s.model_dump(mode="json") for s in definitions.sources]}
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "alive"}
+    async def healthz() -> Response:
+        dead = liveness()
+        if dead:
+            return JSONResponse({"status": "dead", "problems": dead}, status_code=503)
+        return JSONResponse({"status": "alive"})
 
     @app.get("/readyz")
     async def readyz() -> Response:
@@ -127,7 +132,7 @@ async def _answer(pending: Awaitable[BatchResult]) -> BatchResult | Response:
     """
     try:
         return await pending
-    except (KafkaError, TimeoutError, OSError) as exc:
+    except (KafkaError, TimeoutError, OSError, DependencyUnavailable) as exc:
         log.exception("publish_failed")
         return JSONResponse(
             {
@@ -135,6 +140,7 @@ async def _answer(pending: Awaitable[BatchResult]) -> BatchResult | Response:
                 "detail": f"the broker did not acknowledge ({type(exc).__name__}); retry later",
             },
             status_code=503,
+            headers={"Retry-After": "1"},
         )
 
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from libs.common.definitions import FieldSpec, FieldType, SourceDefinition
-from libs.common.errors import RejectedRecord
+from libs.common.errors import RecordInvalid
 from services.ingest.core._describe import json_type, show
 from services.ingest.core.reasons import (
     MISSING_FIELD,
@@ -33,11 +33,11 @@ def check_fields(fields: Mapping[str, Any], source: SourceDefinition) -> None:
     A null value counts as absent: allowed for optional fields, missing for required ones.
 
     Raises:
-        RejectedRecord: unknown_field, missing_field, wrong_type, out_of_range, not_allowed.
+        RecordInvalid: unknown_field, missing_field, wrong_type, out_of_range, not_allowed.
     """
     unknown = sorted(set(fields) - set(source.fields))
     if unknown:
-        raise RejectedRecord(
+        raise RecordInvalid(
             UNKNOWN_FIELD,
             detail=f"field {_names(unknown)} not in source {source.name!r} version "
             f"{source.version} (known: {', '.join(sorted(source.fields))}); remove it, or add "
@@ -48,7 +48,7 @@ def check_fields(fields: Mapping[str, Any], source: SourceDefinition) -> None:
         if value is None:
             if spec.required:
                 state = "null" if name in fields else "missing"
-                raise RejectedRecord(
+                raise RecordInvalid(
                     MISSING_FIELD,
                     detail=f"required field {name!r} of source {source.name!r} is {state}; "
                     f"send {EXPECTED[spec.type]}",
@@ -61,10 +61,10 @@ def check_value(name: str, value: Any, spec: FieldSpec) -> None:
     """Check one non-null value against its field spec (type, bounds, allowed values).
 
     Raises:
-        RejectedRecord: wrong_type, out_of_range or not_allowed.
+        RecordInvalid: wrong_type, out_of_range or not_allowed.
     """
     if not _has_type(value, spec.type):
-        raise RejectedRecord(
+        raise RecordInvalid(
             WRONG_TYPE,
             detail=f"field {name!r} is {json_type(value)} ({show(value)}); send "
             f"{EXPECTED[spec.type]}",
@@ -72,7 +72,7 @@ def check_value(name: str, value: Any, spec: FieldSpec) -> None:
     if spec.type in (FieldType.int, FieldType.float):
         _check_number(name, value, spec)
     if spec.type == FieldType.str and spec.allowed is not None and value not in spec.allowed:
-        raise RejectedRecord(
+        raise RecordInvalid(
             NOT_ALLOWED,
             detail=f"field {name!r} is {show(value)}; send one of "
             f"{', '.join(repr(a) for a in spec.allowed)}",
@@ -92,22 +92,20 @@ def _has_type(value: Any, expected: FieldType) -> bool:
 
 def _check_number(name: str, value: int | float, spec: FieldSpec) -> None:
     if isinstance(value, float) and not math.isfinite(value):
-        raise RejectedRecord(
-            OUT_OF_RANGE, detail=f"field {name!r} is {value}; send a finite number"
-        )
+        raise RecordInvalid(OUT_OF_RANGE, detail=f"field {name!r} is {value}; send a finite number")
     if isinstance(value, int) and not -_INT64 <= value < _INT64:
-        raise RejectedRecord(
+        raise RecordInvalid(
             OUT_OF_RANGE,
             detail=f"field {name!r} is {show(value)}; send an integer within 64 bits",
         )
     if spec.min is not None and value < spec.min:
-        raise RejectedRecord(
+        raise RecordInvalid(
             OUT_OF_RANGE,
             detail=f"field {name!r} is {value}, below its minimum {spec.min:g}; "
             f"send a value in {_bounds(spec)}",
         )
     if spec.max is not None and value > spec.max:
-        raise RejectedRecord(
+        raise RecordInvalid(
             OUT_OF_RANGE,
             detail=f"field {name!r} is {value}, above its maximum {spec.max:g}; "
             f"send a value in {_bounds(spec)}",

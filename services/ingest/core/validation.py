@@ -1,7 +1,7 @@
 """Validation of one record: its envelope, then its source (or model) definition.
 
 Pure: takes a record, the definitions and the current time; returns the validated
-message or raises RejectedRecord with a short reason code and a detail that names
+message or raises RecordInvalid with a short reason code and a detail that names
 the offending value and the fix.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from libs.common.definitions import Definitions
-from libs.common.errors import RejectedRecord
+from libs.common.errors import RecordInvalid
 from libs.common.schemas import Message, Outcome, Signal
 from services.ingest.core._describe import iso, json_type, show
 from services.ingest.core.batch import parse_json
@@ -55,19 +55,19 @@ def validate_signal(record: bytes | Any, definitions: Definitions, now: datetime
         The signal, with `event_id` derived from its content when absent.
 
     Raises:
-        RejectedRecord: with one of the reason codes of this module.
+        RecordInvalid: with one of the reason codes of this module.
     """
     data = _as_object(record, _SIGNAL_SHAPE)
     fields = data.get("fields")
     if not isinstance(fields, dict):
-        raise RejectedRecord(
+        raise RecordInvalid(
             INVALID_ENVELOPE,
             detail=f"'fields' is {json_type(fields)}; send an object of field name to value "
             f"({_SIGNAL_SHAPE})",
         )
     version = data.get("schema_version", 1)
     if type(version) is not int:
-        raise RejectedRecord(
+        raise RecordInvalid(
             INVALID_ENVELOPE,
             detail=f"schema_version is {show(version)}; send the source's version as an "
             "integer, e.g. 1",
@@ -78,14 +78,14 @@ def validate_signal(record: bytes | Any, definitions: Definitions, now: datetime
     try:
         source = definitions.source(envelope.source)
     except KeyError:
-        raise RejectedRecord(
+        raise RecordInvalid(
             UNKNOWN_SOURCE,
             detail=f"source {envelope.source!r} is not registered (known: "
             f"{', '.join(sorted(s.name for s in definitions.sources))}); fix the name or add "
             "the source to the definitions file",
         ) from None
     if version != source.version:
-        raise RejectedRecord(
+        raise RecordInvalid(
             SCHEMA_VERSION_MISMATCH,
             detail=f"schema_version is {version} but source {source.name!r} is at version "
             f"{source.version}; send schema_version {source.version} with its field schema "
@@ -109,21 +109,21 @@ def validate_outcome(record: bytes | Any, definitions: Definitions, now: datetim
     further in the future than the model's sources allow.
 
     Raises:
-        RejectedRecord: with one of the reason codes of this module.
+        RecordInvalid: with one of the reason codes of this module.
     """
     data = _as_object(record, _OUTCOME_SHAPE)
     outcome = _model(Outcome, data, _OUTCOME_SHAPE)
     try:
         model = definitions.model(outcome.model)
     except KeyError:
-        raise RejectedRecord(
+        raise RecordInvalid(
             UNKNOWN_MODEL,
             detail=f"model {outcome.model!r} is not defined (known: "
             f"{', '.join(sorted(m.name for m in definitions.models))}); fix the name or add "
             "the model to the definitions file",
         ) from None
     if not math.isfinite(outcome.label):
-        raise RejectedRecord(
+        raise RecordInvalid(
             OUT_OF_RANGE, detail=f"label is {outcome.label}; send a finite number, e.g. 0 or 1"
         )
     skew = min(
@@ -146,17 +146,17 @@ def check_event_time(
     """Reject events older than the allowed lateness or further ahead than the skew.
 
     Raises:
-        RejectedRecord: too_late or from_the_future.
+        RecordInvalid: too_late or from_the_future.
     """
     age_s = (now - event_time).total_seconds()
     if age_s > lateness_s:
-        raise RejectedRecord(
+        raise RecordInvalid(
             TOO_LATE,
             detail=f"event_time {iso(event_time)} is {age_s:.0f}s old; {owner} accepts "
             f"events up to {lateness_s:.0f}s late (allowed_lateness_s in the definitions file)",
         )
     if -age_s > future_skew_s:
-        raise RejectedRecord(
+        raise RecordInvalid(
             FROM_THE_FUTURE,
             detail=f"event_time {iso(event_time)} is {-age_s:.0f}s ahead of now; {owner} "
             f"accepts up to {future_skew_s:.0f}s of clock skew; check the sender's clock "
@@ -168,10 +168,10 @@ def check_size(raw: bytes, limit: int) -> None:
     """Reject a record larger than `limit` bytes (it would not fit a Kafka message).
 
     Raises:
-        RejectedRecord: too_large.
+        RecordInvalid: too_large.
     """
     if len(raw) > limit:
-        raise RejectedRecord(
+        raise RecordInvalid(
             TOO_LARGE, detail=f"record is {len(raw)} bytes; the limit is {limit}, send less"
         )
 
@@ -200,11 +200,11 @@ def _as_object(record: bytes | Any, shape: str) -> dict[str, Any]:
         try:
             record = parse_json(record)
         except InvalidBody as exc:
-            raise RejectedRecord(INVALID_JSON, detail=str(exc)) from None
+            raise RecordInvalid(INVALID_JSON, detail=str(exc)) from None
     if not isinstance(record, dict):
-        raise RejectedRecord(INVALID_ENVELOPE, detail=f"record is {json_type(record)}; {shape}")
+        raise RecordInvalid(INVALID_ENVELOPE, detail=f"record is {json_type(record)}; {shape}")
     if "event_time" not in record:
-        raise RejectedRecord(
+        raise RecordInvalid(
             INVALID_ENVELOPE,
             detail="event_time is missing; send when it happened, e.g. "
             "'2026-11-22T10:00:00Z' (ids derive from it, so it cannot default to now)",
@@ -221,4 +221,4 @@ def _model(model: type[M], data: dict[str, Any], shape: str) -> M:
             + (f" (got {show(e['input'])})" if e["type"] != "missing" else "")
             for e in exc.errors()[:3]
         )
-        raise RejectedRecord(INVALID_ENVELOPE, detail=f"{problems}; {shape}") from None
+        raise RecordInvalid(INVALID_ENVELOPE, detail=f"{problems}; {shape}") from None

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from libs.common.errors import RejectedRecord
+from libs.common.errors import RecordInvalid
 from libs.common.schemas import Message
 from services.ingest.core.batch import RecordItem
 from services.ingest.core.validation import check_size
@@ -36,7 +36,7 @@ class Judged:
     """Records split into valid messages and rejections, each with its item."""
 
     valid: list[tuple[RecordItem, Message]] = field(default_factory=list)
-    rejected: list[tuple[RecordItem, RejectedRecord]] = field(default_factory=list)
+    rejected: list[tuple[RecordItem, RecordInvalid]] = field(default_factory=list)
 
 
 @dataclass
@@ -63,7 +63,7 @@ class BatchResult:
 
 
 def judge(items: Iterable[RecordItem], validate: Validator, *, max_record_bytes: int) -> Judged:
-    """Validate each record; a RejectedRecord becomes a rejection, never an exception.
+    """Validate each record; a RecordInvalid becomes a rejection, never an exception.
 
     Args:
         items: records with their original bytes.
@@ -75,6 +75,6 @@ def judge(items: Iterable[RecordItem], validate: Validator, *, max_record_bytes:
         try:
             check_size(item.raw, max_record_bytes)
             judged.valid.append((item, validate(item.record)))
-        except RejectedRecord as exc:
+        except RecordInvalid as exc:
             judged.rejected.append((item, exc))
     return judged

@@ -5,7 +5,6 @@ The in-memory fakes in `memory.py` implement the same protocols.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -23,8 +22,8 @@ class ModelSource(Protocol):
         """The version `alias` points at, or None when the model or alias does not exist."""
         ...
 
-    def load(self, name: str, version: str) -> lgb.Booster:
-        """The booster of one registered version."""
+    def load_booster(self, name: str, version: str) -> lgb.Booster:
+        """The booster of one registered version (sha256-checked by the real registry)."""
         ...
 
 
@@ -45,14 +44,18 @@ class PredictionSink(Protocol):
 
 
 class ModelEvents(Protocol):
-    """A feed of ModelChanged facts, read from the moment `start` returns."""
+    """A feed of ModelChanged facts."""
 
-    async def start(self) -> None:
-        """Connect and position at the end of the feed; later events are all delivered."""
+    async def start(self, on_event: OnModelChanged) -> None:
+        """Begin delivering events to `on_event` in the background; returns at once."""
         ...
 
-    async def run(self, on_event: OnModelChanged, stop: asyncio.Event) -> None:
-        """Deliver events to `on_event` until `stop` is set; raises on a broken feed."""
+    async def wait_following(self, timeout_s: float) -> bool:
+        """True once every event published from now on will be delivered."""
+        ...
+
+    def status(self) -> str:
+        """following | connecting | what is wrong."""
         ...
 
     async def stop(self) -> None: ...

@@ -31,7 +31,7 @@ class MemoryModelSource:
     def version_of(self, name: str, alias: str) -> str | None:
         return self.aliases.get((name, alias))
 
-    def load(self, name: str, version: str) -> lgb.Booster:
+    def load_booster(self, name: str, version: str) -> lgb.Booster:
         self.loads[(name, version)] += 1
         return self.boosters[(name, version)]
 
@@ -56,20 +56,24 @@ class MemoryPredictionLog:
 @dataclass
 class MemoryModelEvents:
     queue: asyncio.Queue[ModelChanged] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        return None
+    async def start(self, on_event: OnModelChanged) -> None:
+        async def deliver() -> None:
+            while True:
+                await on_event(await self.queue.get())
+
+        self.task = asyncio.create_task(deliver())
 
     async def publish(self, event: ModelChanged) -> None:
         await self.queue.put(event)
 
-    async def run(self, on_event: OnModelChanged, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                event = await asyncio.wait_for(self.queue.get(), timeout=0.05)
-            except TimeoutError:
-                continue
-            await on_event(event)
+    async def wait_following(self, timeout_s: float) -> bool:
+        return self.task is not None
+
+    def status(self) -> str:
+        return "following" if self.task is not None and not self.task.done() else "off"
 
     async def stop(self) -> None:
-        return None
+        if self.task is not None:
+            self.task.cancel()

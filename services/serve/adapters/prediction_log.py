@@ -13,13 +13,13 @@ import contextlib
 from collections import Counter
 from collections.abc import Sequence
 
-from aiokafka import AIOKafkaProducer
 from tenacity import AsyncRetrying, wait_random_exponential
 
-from libs.common.clients.kafka import ensure_topics
+from libs.common.clients.kafka import KafkaPublisher, ensure_topics_of
 from libs.common.observability.logging import get_logger
 from libs.common.observability.tracing import inject_headers
 from libs.common.schemas import PredictionMade
+from libs.common.settings import Settings
 
 log = get_logger(__name__)
 
@@ -31,21 +31,18 @@ class KafkaPredictionLog:
 
     def __init__(
         self,
-        bootstrap: str,
-        topic: str,
+        settings: Settings,
         *,
         client_id: str,
-        partitions: int,
         max_pending: int = 10_000,
         timeout_s: float = 10.0,
     ) -> None:
-        self._bootstrap = bootstrap
-        self._topic = topic
+        self._settings = settings
+        self._topic = settings.topics.predictions
         self._client_id = client_id
-        self._partitions = partitions
         self._timeout_s = timeout_s
         self._queue: asyncio.Queue[_Record] = asyncio.Queue(maxsize=max_pending)
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: KafkaPublisher | None = None
         self._task: asyncio.Task[None] | None = None
         self._counts: Counter[str] = Counter()
 
@@ -72,22 +69,23 @@ class KafkaPredictionLog:
                 if dropped in (1, 10, 100) or dropped % 1000 == 0:
                     log.error("prediction_log_full", dropped=dropped, topic=self._topic)
 
-    async def _connect(self) -> AIOKafkaProducer:
+    async def _connect(self) -> KafkaPublisher:
+        # acks=1: a log record is worth less than a request's latency (DESIGN.md).
         async for attempt in AsyncRetrying(wait=wait_random_exponential(0.2, 10)):
             with attempt:
-                await ensure_topics(self._bootstrap, [self._topic], self._partitions)
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self._bootstrap,
+                await ensure_topics_of(self._settings, [self._topic])
+                producer = KafkaPublisher(
+                    self._settings.kafka_bootstrap,
                     client_id=self._client_id,
+                    timeout_s=self._timeout_s,
                     acks=1,
-                    linger_ms=5,
-                    enable_idempotence=False,
-                    request_timeout_ms=int(self._timeout_s * 1000),
                 )
                 try:
-                    await producer.start()
+                    await producer.start(within_s=self._timeout_s)
                 except Exception:
-                    log.warning("prediction_log_connect_failed", bootstrap=self._bootstrap)
+                    log.warning(
+                        "prediction_log_connect_failed", bootstrap=self._settings.kafka_bootstrap
+                    )
                     await producer.stop()
                     raise
                 return producer
@@ -98,9 +96,7 @@ class KafkaPredictionLog:
         while True:
             key, message, headers = await self._queue.get()
             try:
-                future = await self._producer.send(
-                    self._topic, message.to_bytes(), key=key.encode(), headers=headers
-                )
+                future = await self._producer.send_nowait(self._topic, message, key, headers)
             except Exception as exc:
                 self._failed(exc)
                 continue

@@ -10,7 +10,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Protocol
 
 import lightgbm as lgb
@@ -29,7 +28,6 @@ PARTIAL_FEATURES = "partial_features"
 FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
 
 BIAS = "bias"  # key of the expected value in contributions; no 'view.feature' can clash
-MODEL_FILE = "model.lgb"  # what mlflow.lightgbm.log_model writes for a Booster
 
 
 class Predictor:
@@ -53,13 +51,6 @@ class Predictor:
                 "retrain the model with the current definitions file"
             )
         return cls(booster, names)
-
-    @classmethod
-    def from_model_dir(cls, path: Path | str, columns: Sequence[str] | None = None) -> Predictor:
-        """Load `model.lgb` from an MLflow model directory (or a model file itself)."""
-        path = Path(path)
-        file = path / MODEL_FILE if path.is_dir() else path
-        return cls.from_booster(lgb.Booster(model_file=str(file)), columns)
 
     @classmethod
     def for_model(cls, booster: lgb.Booster, model: ModelDefinition) -> Predictor:

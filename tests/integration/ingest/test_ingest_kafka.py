@@ -24,7 +24,7 @@ from libs.common.clients.kafka import ensure_topics
 from libs.common.net import free_port
 from libs.common.observability import configure_tracing, inject_headers, tracer
 from libs.common.observability.tracing import header
-from libs.common.schemas import RecordRejected, Signal, utcnow
+from libs.common.schemas import DeadLetter, Signal, utcnow
 from libs.common.settings import Settings
 from services.ingest.main import build_app
 from services.ingest.settings import IngestSettings
@@ -175,7 +175,7 @@ async def test_http_batch_reaches_valid_and_dead_letter_topics(
     }
     # The dead letters are keyed by source and hold each record's own bytes.
     dlq = await consume(settings, settings.topics.dlq, count=2)
-    letters = {r.key: RecordRejected.from_bytes(r.value) for r in dlq}
+    letters = {r.key: DeadLetter.from_bytes(r.value) for r in dlq}
     assert set(letters) == {b"sensors", b"http"}
     assert json.loads(letters[b"sensors"].original) == wrong_type
     assert letters[b"http"].original == b"42"
@@ -228,7 +228,7 @@ async def test_raw_topic_is_validated_and_committed(
     assert Signal.from_bytes(valid.value).fields["temperature"] == 20.5
     assert trace_id(valid)
     dlq = await consume(settings, settings.topics.dlq, count=2)
-    letters = [(RecordRejected.from_bytes(r.value), r.key) for r in dlq]
+    letters = [(DeadLetter.from_bytes(r.value), r.key) for r in dlq]
     assert sorted(
         (d.reason, d.source, d.original_topic, d.original_key, key) for d, key in letters
     ) == [

@@ -11,13 +11,13 @@ import pytest
 
 from libs.common.clients.kafka import MemoryPublisher
 from libs.common.definitions import load_definitions
+from libs.common.errors import RollbackUnavailable
 from libs.common.features import model_columns
 from libs.common.offline import OfflineStore
+from libs.common.registry import MlflowRegistry
 from libs.common.schemas import utcnow
-from services.retrain.adapters.registry import MlflowRegistry
 from services.retrain.admin import promote_version, rollback_model
 from services.retrain.bootstrap import bootstrap_models, bootstrap_root, write_synthetic_history
-from services.retrain.errors import RollbackUnavailable
 from services.retrain.train import train_model
 
 

@@ -14,8 +14,8 @@ from aiokafka.structs import TopicPartition
 from libs.common.clients.kafka import KafkaPublisher
 from libs.common.definitions import load_definitions
 from libs.common.offline import OUTCOMES, SIGNALS, OfflineStore
-from libs.common.schemas import ModelChanged, Outcome, RecordRejected, RetrainModel
-from services.retrain.adapters.registry import MlflowRegistry
+from libs.common.registry import MlflowRegistry
+from libs.common.schemas import DeadLetter, ModelChanged, Outcome, RetrainModel
 from services.retrain.bootstrap import write_synthetic_history
 from services.retrain.main import TRAINER_GROUP, build_app
 
@@ -117,11 +117,11 @@ async def test_retrain_request_on_the_broker_ends_as_a_model_event(
         assert MlflowRegistry.from_settings(settings).champion_version(name) == "2"
 
         await dlq.start()
-        dead_letters: list[RecordRejected] = []
+        dead_letters: list[DeadLetter] = []
 
         async def dead_letter_arrived() -> bool:
             for records in (await dlq.getmany(timeout_ms=200)).values():
-                dead_letters.extend(RecordRejected.from_bytes(r.value) for r in records)
+                dead_letters.extend(DeadLetter.from_bytes(r.value) for r in records)
             return bool(dead_letters)
 
         await wait_for(dead_letter_arrived, timeout_s=60)

@@ -6,9 +6,9 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from services.serve.adapters.registry import MlflowModelSource
 
 from libs.common.definitions import load_definitions
-from services.serve.adapters.registry import MlflowModelSource
 from services.serve.core.predict import Predictor
 
 

@@ -6,34 +6,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from aiokafka import ConsumerRecord
 
-from libs.common.clients.kafka import MemoryPublisher
+from libs.common.clients.kafka import DeadLetters, Delivery, MemoryPublisher
 from libs.common.clients.redis import MemoryFeatureStore
 from libs.common.definitions import load_definitions
 from libs.common.offline import SIGNALS, OfflineStore
-from libs.common.schemas import RecordRejected, Signal
+from libs.common.schemas import DeadLetter, Signal
 from libs.common.settings import Topics
+from libs.common.testing import delivery
 from services.features.handlers import FeaturesHandler
 
 REPO = Path(__file__).resolve().parents[3]
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
 
-def _record(value: bytes, offset: int, key: str = "device-1") -> ConsumerRecord:
-    return ConsumerRecord(
-        topic="signals.valid",
-        partition=0,
-        offset=offset,
-        timestamp=0,
-        timestamp_type=0,
-        key=key.encode(),
-        value=value,
-        checksum=None,
-        serialized_key_size=len(key),
-        serialized_value_size=len(value),
-        headers=(),
-    )
+def _record(signal: Signal, offset: int) -> Delivery[Signal]:
+    return delivery("signals.valid", signal, offset, key=signal.entity_id)
 
 
 def _signal(entity: str, minutes: float, temp: float, status: str = "ok") -> Signal:
@@ -52,7 +40,7 @@ def _handler(tmp_path: Path) -> FeaturesHandler:
     return FeaturesHandler(
         load_definitions(REPO / "signalops.yaml"),
         MemoryFeatureStore(),
-        MemoryPublisher(),
+        DeadLetters(MemoryPublisher(), Topics().dlq, "features"),
         Topics(),
         OfflineStore(tmp_path / "offline"),
     )
@@ -61,7 +49,7 @@ def _handler(tmp_path: Path) -> FeaturesHandler:
 async def test_vector_reflects_windows_as_of_newest_event(handler: FeaturesHandler) -> None:
     """The 5-minute mean only sees events within 5 minutes of the newest event."""
     batch = [_signal("d1", 0, 10.0), _signal("d1", 8, 20.0), _signal("d1", 10, 30.0, "error")]
-    out = await handler.on_valid_signals([_record(s.to_bytes(), i) for i, s in enumerate(batch)])
+    out = await handler.on_valid_signals([_record(s, i) for i, s in enumerate(batch)])
     (vec,) = out
     assert vec.values["temperature_last"] == 30.0
     assert vec.values["temperature_mean_5m"] == pytest.approx(25.0)
@@ -73,7 +61,7 @@ async def test_vector_reflects_windows_as_of_newest_event(handler: FeaturesHandl
 
 async def test_replaying_a_batch_gives_the_same_state(handler: FeaturesHandler) -> None:
     """At-least-once delivery: the same batch twice leaves identical vectors."""
-    recs = [_record(_signal("d2", m, 10.0 + m).to_bytes(), m) for m in range(5)]
+    recs = [_record(_signal("d2", m, 10.0 + m), m) for m in range(5)]
     first = await handler.on_valid_signals(recs)
     second = await handler.on_valid_signals(recs)
     assert first[0].values == second[0].values
@@ -82,10 +70,12 @@ async def test_replaying_a_batch_gives_the_same_state(handler: FeaturesHandler) 
     assert rows == 5
 
 
-async def test_undecodable_and_unknown_source_go_to_dead_letters(
+async def test_unknown_source_is_dead_lettered_once_per_record(
     handler: FeaturesHandler,
 ) -> None:
-    """Garbage bytes and a source the definitions lack end in the DLQ with a reason."""
+    """A source the definitions lack ends in the DLQ with its reason; handling the same
+    batch again builds the same dead letter (same id), so a retry never adds a new one.
+    """
     unknown = Signal.model_validate(
         {
             "source": "elsewhere",
@@ -94,16 +84,19 @@ async def test_undecodable_and_unknown_source_go_to_dead_letters(
             "fields": {"a": 1},
         }
     )
-    await handler.on_valid_signals([_record(b"{not json", 0), _record(unknown.to_bytes(), 1)])
-    dlq = handler.publisher.messages["signals.dlq"]  # type: ignore[attr-defined]
-    reasons = sorted(m.reason for m in dlq if isinstance(m, RecordRejected))
-    assert reasons == ["invalid_message", "unknown_source"]
-    assert dlq[0].original == b"{not json"
+    batch = [_record(_signal("d9", 1, 1.0), 0), _record(unknown, 1)]
+    await handler.on_valid_signals(batch)
+    await handler.on_valid_signals(batch)
+    dlq = handler.dead_letters.publisher.messages["signals.dlq"]  # type: ignore[attr-defined]
+    assert [m.reason for m in dlq] == ["unknown_source", "unknown_source"]
+    assert isinstance(dlq[0], DeadLetter) and dlq[0].original == unknown.to_bytes()
+    assert dlq[0].original_topic == "signals.valid" and dlq[0].source == "elsewhere"
+    assert dlq[0].event_id == dlq[1].event_id
 
 
 async def test_late_batch_never_moves_vector_backwards(handler: FeaturesHandler) -> None:
     """A batch holding only older events does not overwrite a newer vector."""
-    await handler.on_valid_signals([_record(_signal("d3", 30, 50.0).to_bytes(), 0)])
-    await handler.on_valid_signals([_record(_signal("d3", 1, 5.0).to_bytes(), 1)])
+    await handler.on_valid_signals([_record(_signal("d3", 30, 50.0), 0)])
+    await handler.on_valid_signals([_record(_signal("d3", 1, 5.0), 1)])
     (found,) = await handler.store.read_vectors([("device_stats", 1)], ["d3"])
     assert found["device_stats"].values["temperature_last"] == 50.0

@@ -6,10 +6,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka.structs import ConsumerRecord
-
-from libs.common.clients.kafka import MemoryPublisher
-from libs.common.schemas import Outcome, RecordRejected, Signal
+from libs.common.clients.kafka import Delivery, MemoryPublisher
+from libs.common.schemas import DeadLetter, Outcome, Signal
 from libs.common.settings import Topics
 from services.ingest.core import split_body
 from services.ingest.errors import InvalidBody
@@ -19,13 +17,13 @@ Record = dict[str, Any]
 
 
 def dead_letters(publisher: MemoryPublisher, topics: Topics) -> list[tuple[str | None, Any]]:
-    return [(k, RecordRejected.from_bytes(v)) for k, v in publisher.sent[topics.dlq]]
+    return [(k, DeadLetter.from_bytes(v)) for k, v in publisher.sent[topics.dlq]]
 
 
 def raw_record(
     value: bytes | None, *, key: bytes | None = None, offset: int = 0, topic: str = "signals.raw"
-) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(topic, 0, offset, 0, 0, key, value, None, 0, 0, [])
+) -> Delivery[bytes]:
+    return Delivery(value or b"", topic, 0, offset, key.decode() if key else None, value or b"")
 
 
 async def test_mixed_batch_splits_into_valid_and_dead_letters(

@@ -12,12 +12,11 @@ import pytest
 from aiokafka.errors import KafkaTimeoutError
 from fastapi import FastAPI
 
-from libs.common.clients.kafka import MemoryPublisher
+from libs.common.clients.kafka import KafkaRuntime, MemoryPublisher
 from libs.common.definitions import Definitions
-from libs.common.schemas import RecordRejected, Signal
+from libs.common.schemas import DeadLetter, Signal
 from libs.common.settings import Topics
 from services.ingest.adapters.http import create_app
-from services.ingest.adapters.kafka import KafkaRuntime
 from services.ingest.handlers import IngestHandler
 from services.ingest.main import build_app
 from services.ingest.settings import IngestSettings
@@ -109,7 +108,7 @@ async def test_body_that_is_not_json_answers_400_and_is_dead_lettered(
     assert rejected["reason"] == "invalid_json"
     assert "line 1 column 23" in rejected["detail"]
     ((key, value),) = publisher.sent[topics.dlq]
-    assert (key, RecordRejected.from_bytes(value).original) == ("http", body)
+    assert (key, DeadLetter.from_bytes(value).original) == ("http", body)
 
 
 @pytest.mark.parametrize(
@@ -182,7 +181,7 @@ async def test_readyz_answers_503_with_the_reason(
     settings: IngestSettings, handler: IngestHandler, definitions: Definitions
 ) -> None:
     """/readyz answers 503 and the reason while the Kafka producer is not started."""
-    kafka = KafkaRuntime(settings)
+    kafka = KafkaRuntime(settings, client_id="ingest")
     app = create_app(handler, settings, definitions, readiness=kafka.ready)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as c:
         response = await c.get("/readyz")
@@ -196,7 +195,7 @@ async def test_broker_failure_answers_503(
     """When the broker does not acknowledge, the answer is 503, never a false 202."""
 
     class DownPublisher(MemoryPublisher):
-        async def publish(self, topic: str, message: Any, *, key: str | None = None) -> None:
+        async def publish_many(self, items: Any) -> None:
             raise KafkaTimeoutError()
 
     app = build_app(settings, publisher=DownPublisher(), definitions=definitions)
@@ -204,3 +203,4 @@ async def test_broker_failure_answers_503(
         response = await c.post("/v1/signals", json=make_signal())
     assert response.status_code == 503
     assert response.json()["error"] == "broker_unavailable"
+    assert response.headers["retry-after"] == "1"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from libs.common.clients.kafka import MemoryPublisher
 from libs.common.definitions import Definitions
-from libs.common.schemas import RecordRejected, Signal
+from libs.common.schemas import DeadLetter, Signal
 from libs.common.settings import Topics
 from services.ingest.core import reasons, split_body
 from services.ingest.core.verdicts import BatchResult
@@ -169,7 +169,7 @@ def test_dead_letters_decode_back_to_their_records(
     body = json.dumps(records, indent=1).encode()
     result, publisher = assert_every_record_accounted(body, definitions, now)
     assert result is not None
-    letters = [RecordRejected.from_bytes(v) for _, v in publisher.sent[TOPICS.dlq]]
+    letters = [DeadLetter.from_bytes(v) for _, v in publisher.sent[TOPICS.dlq]]
     assert [json.loads(d.original) for d in letters] == [records[r.index] for r in result.rejected]
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from libs.common.definitions import Definitions
-from libs.common.errors import RejectedRecord
+from libs.common.errors import RecordInvalid
 from services.ingest.core import split_body, validate_outcome, validate_signal
 from services.ingest.core.validation import check_size, record_hints
 from services.ingest.errors import BatchTooLarge, InvalidBody
@@ -228,7 +228,7 @@ def test_signal_rejections(
     now: datetime,
 ) -> None:
     """Each invalid signal is rejected with its reason code and a detail naming value and fix."""
-    with pytest.raises(RejectedRecord, match=match) as info:
+    with pytest.raises(RecordInvalid, match=match) as info:
         validate_signal(mutate(make_signal()), definitions, now)
     assert info.value.reason == reason
 
@@ -312,7 +312,7 @@ def test_outcome_rejections(
     now: datetime,
 ) -> None:
     """Each invalid outcome is rejected with its reason code and a helpful detail."""
-    with pytest.raises(RejectedRecord, match=match) as info:
+    with pytest.raises(RecordInvalid, match=match) as info:
         validate_outcome(mutate(make_outcome()), definitions, now)
     assert info.value.reason == reason
 
@@ -330,7 +330,7 @@ def test_outcomes_may_be_arbitrarily_late(
 def test_check_size_rejects_large_records() -> None:
     """A record over the byte limit is too_large; one at the limit passes."""
     check_size(b"x" * 10, 10)
-    with pytest.raises(RejectedRecord, match=r"record is 11 bytes; the limit is 10"):
+    with pytest.raises(RecordInvalid, match=r"record is 11 bytes; the limit is 10"):
         check_size(b"x" * 11, 10)
 
 

@@ -2,46 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from aiokafka import ConsumerRecord
 
-from libs.common.clients.kafka import MemoryPublisher
+from libs.common.clients.kafka import DeadLetters, Delivery, MemoryPublisher
 from libs.common.definitions import load_definitions
 from libs.common.offline import OUTCOMES, PREDICTIONS, OfflineStore
 from libs.common.schemas import (
+    DeadLetter,
     DriftDetected,
+    Message,
     ModelChanged,
     ModelRef,
     Outcome,
     PredictionMade,
-    RecordRejected,
     RetrainModel,
 )
+from libs.common.testing import delivery
 from services.retrain.core.promotion import PromotionDecision
+from services.retrain.core.results import TrainingResult
 from services.retrain.errors import NoTrainingData
 from services.retrain.handlers import RetrainHandlers
 from services.retrain.settings import RetrainSettings
-from services.retrain.train import TrainingResult
 
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _record(topic: str, value: bytes, offset: int, partition: int = 0) -> ConsumerRecord:
-    return ConsumerRecord(
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        timestamp=0,
-        timestamp_type=0,
-        key=b"default",
-        value=value,
-        checksum=None,
-        serialized_key_size=7,
-        serialized_value_size=len(value),
-        headers=(),
-    )
+def _record(topic: str, message: Message, offset: int, partition: int = 0) -> Delivery[Message]:
+    return delivery(topic, message, offset, partition=partition, key="default")
 
 
 class FakeTrainer:
@@ -49,11 +39,13 @@ class FakeTrainer:
 
     def __init__(self, error: Exception | None = None, promote: bool = True) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.request_ids: list[list[str]] = []
         self.error = error
         self.promote = promote
 
-    def __call__(self, model: str, reason: str) -> TrainingResult:
+    def __call__(self, model: str, reason: str, request_ids: Sequence[str]) -> TrainingResult:
         self.calls.append((model, reason))
+        self.request_ids.append(list(request_ids))
         if self.error is not None:
             raise self.error
         return TrainingResult(
@@ -72,14 +64,20 @@ def _settings(tmp_path: Path) -> RetrainSettings:
 
 
 def _handlers(
-    settings: RetrainSettings, trainer: FakeTrainer, publisher: MemoryPublisher
+    settings: RetrainSettings,
+    trainer: FakeTrainer,
+    publisher: MemoryPublisher,
+    answered: dict[str, str] | None = None,
 ) -> RetrainHandlers:
+    answered = answered if answered is not None else {}
     return RetrainHandlers(
         settings,
         load_definitions(settings.definitions),
         publisher,
+        DeadLetters(publisher, settings.topics.dlq, "retrain"),
         trainer,
         OfflineStore(settings.offline_dir),
+        answered_by=lambda _model, request_id: answered.get(request_id),
     )
 
 
@@ -89,8 +87,8 @@ async def test_retrain_request_publishes_registered_and_promoted(
     """A request for a known model trains it and announces the new champion."""
     trainer, publisher = FakeTrainer(), MemoryPublisher()
     request = RetrainModel(model="default", reason="weekly")
-    await _handlers(settings, trainer, publisher).on_retrain_request(
-        [_record(settings.topics.retrain, request.to_bytes(), 0)]
+    await _handlers(settings, trainer, publisher).on_trainer_batch(
+        [_record(settings.topics.retrain, request, 0)]
     )
     assert trainer.calls == [("default", "weekly")]
     sent = publisher.messages[settings.topics.models]
@@ -104,8 +102,8 @@ async def test_retrain_request_publishes_registered_and_promoted(
 async def test_not_promoted_announces_only_the_registration(settings: RetrainSettings) -> None:
     """A version that fails the gates is announced as registered, never as promoted."""
     publisher = MemoryPublisher()
-    await _handlers(settings, FakeTrainer(promote=False), publisher).on_retrain_request(
-        [_record(settings.topics.retrain, RetrainModel(model="default").to_bytes(), 0)]
+    await _handlers(settings, FakeTrainer(promote=False), publisher).on_trainer_batch(
+        [_record(settings.topics.retrain, RetrainModel(model="default"), 0)]
     )
     assert [m.kind for m in publisher.messages[settings.topics.models]] == ["registered"]
 
@@ -113,38 +111,62 @@ async def test_not_promoted_announces_only_the_registration(settings: RetrainSet
 async def test_unknown_model_is_a_dead_letter(settings: RetrainSettings) -> None:
     """A request naming no declared model goes to the DLQ with its reason, untrained."""
     trainer, publisher = FakeTrainer(), MemoryPublisher()
-    raw = RetrainModel(model="nope").to_bytes()
-    await _handlers(settings, trainer, publisher).on_retrain_request(
-        [_record(settings.topics.retrain, raw, 3)]
+    request = RetrainModel(model="nope")
+    raw = request.to_bytes()
+    await _handlers(settings, trainer, publisher).on_trainer_batch(
+        [_record(settings.topics.retrain, request, 3)]
     )
     assert trainer.calls == []
     [dead] = publisher.messages[settings.topics.dlq]
-    assert isinstance(dead, RecordRejected)
+    assert isinstance(dead, DeadLetter)
     assert (dead.reason, dead.stage, dead.original) == ("unknown_model", "retrain", raw)
     assert "'nope'" in dead.detail and "default" in dead.detail
     assert settings.topics.models not in publisher.messages
 
 
-async def test_undecodable_request_is_a_dead_letter(settings: RetrainSettings) -> None:
-    """Bytes that are no RetrainModel end in the DLQ as invalid_message."""
-    publisher = MemoryPublisher()
-    await _handlers(settings, FakeTrainer(), publisher).on_retrain_request(
-        [_record(settings.topics.retrain, b"{not json", 0)]
-    )
-    assert [m.reason for m in publisher.messages[settings.topics.dlq]] == ["invalid_message"]
-
-
-@pytest.mark.parametrize("error", [RuntimeError("boom"), NoTrainingData("no outcomes yet")])
-async def test_failed_training_publishes_nothing_and_returns(
-    settings: RetrainSettings, error: Exception
+async def test_failed_training_is_a_dead_letter_with_its_reason(
+    settings: RetrainSettings,
 ) -> None:
-    """A run that raises is logged and counted; the handler returns so the offset commits."""
-    trainer, publisher = FakeTrainer(error=error), MemoryPublisher()
-    await _handlers(settings, trainer, publisher).on_retrain_request(
-        [_record(settings.topics.retrain, RetrainModel(model="default").to_bytes(), 0)]
+    """A run that raises publishes no model event; its request is dead-lettered with the
+    error, so the offset commits and a poison request cannot loop.
+    """
+    trainer, publisher = FakeTrainer(error=RuntimeError("boom")), MemoryPublisher()
+    request = RetrainModel(model="default")
+    await _handlers(settings, trainer, publisher).on_trainer_batch(
+        [_record(settings.topics.retrain, request, 0)]
+    )
+    assert [model for model, _ in trainer.calls] == ["default"]
+    assert settings.topics.models not in publisher.messages
+    [dead] = publisher.messages[settings.topics.dlq]
+    assert isinstance(dead, DeadLetter)
+    assert dead.reason == "training_failed" and "boom" in dead.detail
+    assert dead.original == request.to_bytes()
+
+
+async def test_no_training_data_is_skipped_quietly(settings: RetrainSettings) -> None:
+    """No labels yet is not an error: nothing is published, nothing dead-lettered."""
+    trainer, publisher = FakeTrainer(error=NoTrainingData("no outcomes yet")), MemoryPublisher()
+    await _handlers(settings, trainer, publisher).on_trainer_batch(
+        [_record(settings.topics.retrain, RetrainModel(model="default"), 0)]
     )
     assert [model for model, _ in trainer.calls] == ["default"]
     assert not publisher.messages
+
+
+async def test_redelivered_request_trains_once(settings: RetrainSettings) -> None:
+    """The request id is passed to the trainer (tagged on the version); a redelivered
+    request whose id a version already carries is not trained again.
+    """
+    trainer, publisher = FakeTrainer(), MemoryPublisher()
+    request = RetrainModel(model="default", reason="weekly")
+    answered: dict[str, str] = {}
+    handlers = _handlers(settings, trainer, publisher, answered)
+    await handlers.on_trainer_batch([_record(settings.topics.retrain, request, 0)])
+    assert trainer.request_ids == [[request.event_id]]
+    answered[request.event_id] = "1"  # what the registry now knows
+    await handlers.on_trainer_batch([_record(settings.topics.retrain, request, 0)])
+    assert len(trainer.calls) == 1
+    assert len(publisher.messages[settings.topics.models]) == 2  # one run's two events
 
 
 async def test_drift_event_retrains_with_its_reason(settings: RetrainSettings) -> None:
@@ -158,8 +180,8 @@ async def test_drift_event_retrains_with_its_reason(settings: RetrainSettings) -
         value=0.41,
         threshold=0.2,
     )
-    await _handlers(settings, trainer, publisher).on_drift(
-        [_record(settings.topics.drift, event.to_bytes(), 0)]
+    await _handlers(settings, trainer, publisher).on_trainer_batch(
+        [_record(settings.topics.drift, event, 0)]
     )
     [(model, reason)] = trainer.calls
     assert model == "default"
@@ -175,9 +197,9 @@ async def test_one_run_per_model_per_batch(settings: RetrainSettings) -> None:
     trainer = FakeTrainer()
     drift = DriftDetected(model="default", feature="f", statistic="psi", value=0.3, threshold=0.2)
     records = [
-        _record(settings.topics.retrain, RetrainModel(model="default", reason="a").to_bytes(), 0),
-        _record(settings.topics.retrain, RetrainModel(model="default", reason="a").to_bytes(), 1),
-        _record(settings.topics.drift, drift.to_bytes(), 0),
+        _record(settings.topics.retrain, RetrainModel(model="default", reason="a"), 0),
+        _record(settings.topics.retrain, RetrainModel(model="default", reason="a"), 1),
+        _record(settings.topics.drift, drift, 0),
     ]
     await _handlers(settings, trainer, MemoryPublisher()).on_trainer_batch(records)
     [(model, reason)] = trainer.calls
@@ -200,9 +222,8 @@ async def test_outcomes_and_predictions_land_in_the_offline_store(
     )
     t = settings.topics
     records = [
-        _record(t.outcomes, outcome.to_bytes(), 40, partition=1),
-        _record(t.outcomes, b"garbage", 41, partition=1),
-        _record(t.predictions, prediction.to_bytes(), 7),
+        _record(t.outcomes, outcome, 40, partition=1),
+        _record(t.predictions, prediction, 7),
     ]
     await handlers.on_log_batch(records)
     await handlers.on_log_batch(records)  # a replay rewrites the same files
@@ -216,4 +237,4 @@ async def test_outcomes_and_predictions_land_in_the_offline_store(
     assert row["ts"] == outcome.event_time.timestamp()
     [pred] = store.read(PREDICTIONS).to_pylist()
     assert (pred["event_id"], pred["model"], pred["version"]) == ("p1", "default", "2")
-    assert [m.reason for m in publisher.messages[t.dlq]] == ["invalid_message"] * 2
+    assert t.dlq not in publisher.messages

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
@@ -61,15 +60,6 @@ def test_columns_must_match_the_definitions(booster: lgb.Booster) -> None:
     """A booster trained on other columns is refused, naming both lists."""
     with pytest.raises(ModelMismatch, match=r"differ from the definitions' \['stats__temp_last'\]"):
         Predictor.from_booster(booster, ["stats__temp_last"])
-
-
-def test_from_model_dir_reads_model_lgb(
-    booster: lgb.Booster, rows: np.ndarray, tmp_path: Path
-) -> None:
-    """A directory holding model.lgb (MLflow's layout) loads to the same predictions."""
-    booster.save_model(str(tmp_path / "model.lgb"))
-    loaded = Predictor.from_model_dir(tmp_path, booster.feature_name())
-    assert np.allclose(loaded.predict(rows), Predictor.from_booster(booster).predict(rows))
 
 
 def test_rows_of_the_wrong_width_are_rejected(booster: lgb.Booster) -> None:

@@ -1,10 +1,14 @@
-"""What a service needs from the broker: publish messages, publish raw bytes."""
+"""What a service needs from the broker: publish messages, many at once, or raw bytes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from libs.common.schemas import Message
+
+Outgoing = tuple[str, Message, str | None]
+"""(topic, message, key) of one message to publish."""
 
 
 class Publisher(Protocol):
@@ -13,6 +17,10 @@ class Publisher(Protocol):
 
         Returns once the broker acknowledged it (the effect is durable).
         """
+        ...
+
+    async def publish_many(self, items: Sequence[Outgoing]) -> None:
+        """Send many messages in order and return once all are acknowledged."""
         ...
 
     async def publish_raw(self, topic: str, value: bytes, *, key: str | None = None) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from libs.common.clients.kafka.base import Outgoing
 from libs.common.schemas import Message
 
 
@@ -18,6 +20,10 @@ class MemoryPublisher:
     async def publish(self, topic: str, message: Message, *, key: str | None = None) -> None:
         self.messages[topic].append(message)
         self.sent[topic].append((key, message.to_bytes()))
+
+    async def publish_many(self, items: Sequence[Outgoing]) -> None:
+        for topic, message, key in items:
+            await self.publish(topic, message, key=key)
 
     async def publish_raw(self, topic: str, value: bytes, *, key: str | None = None) -> None:
         self.sent[topic].append((key, value))

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from libs.common.clients.redis.base import (
@@ -16,6 +19,11 @@ from libs.common.clients.redis.base import (
     StoredVector,
     history_key,
     vector_key,
+)
+from libs.common.errors import DependencyUnavailable
+
+REDIS_OOM = Counter(
+    "signalops_redis_oom_total", "Online-store writes refused because Redis is out of memory"
 )
 
 # Only a vector with a newer (or equal) as_of replaces the stored one, so a replayed
@@ -26,9 +34,21 @@ if cur then
   local ok, doc = pcall(cjson.decode, cur)
   if ok and doc['as_of'] and tonumber(doc['as_of']) > tonumber(ARGV[2]) then return 0 end
 end
-redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 return 1
 """
+
+
+async def _execute(pipe: aioredis.client.Pipeline) -> list[Any]:
+    try:
+        return list(await pipe.execute())
+    except ResponseError as exc:
+        if str(exc).startswith("OOM"):
+            # noeviction: Redis is full. Count it (alerted on) and fail the batch, which
+            # the consume loop retries as an outage until memory is freed or added.
+            REDIS_OOM.inc()
+            raise DependencyUnavailable("redis", f"out of memory: {exc}") from exc
+        raise
 
 
 def make_redis(url: str, timeout_s: float = 2.0) -> aioredis.Redis:
@@ -44,8 +64,18 @@ def make_redis(url: str, timeout_s: float = 2.0) -> aioredis.Redis:
 
 
 class RedisFeatureStore:
-    def __init__(self, client: aioredis.Redis) -> None:
+    """The online store on Redis.
+
+    Args:
+        client: from `make_redis`.
+        vector_ttl_s: feature vectors expire after this long without an update (an
+            entity that stopped sending is answered as a cold start, not with stale
+            features kept forever).
+    """
+
+    def __init__(self, client: aioredis.Redis, *, vector_ttl_s: float = 7 * 86400) -> None:
         self._r = client
+        self._vector_ttl_s = max(1, int(vector_ttl_s))
         self._write = client.register_script(_WRITE_IF_NEWER)
 
     async def add_events(
@@ -68,7 +98,7 @@ class RedisFeatureStore:
             pipe.zremrangebyscore(key, "-inf", f"({newest - retention_s}")
             pipe.zrange(key, 0, -1, withscores=True)
             pipe.expire(key, int(retention_s * 2) + 60)
-            _, _, rows, _ = await pipe.execute()
+            _, _, rows, _ = await _execute(pipe)
         out = []
         for member, score in rows:
             doc = json.loads(member)
@@ -83,10 +113,10 @@ class RedisFeatureStore:
                 )
                 await self._write(
                     keys=[vector_key(view, version, entity_id)],
-                    args=[doc, vec.as_of],
+                    args=[doc, vec.as_of, self._vector_ttl_s],
                     client=pipe,
                 )
-            await pipe.execute()
+            await _execute(pipe)
 
     async def read_vectors(
         self, views: Sequence[tuple[str, int]], entity_ids: Sequence[str]

@@ -1,0 +1,123 @@
+"""The aiokafka publisher: pydantic messages as JSON, trace context in the headers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+from tenacity import AsyncRetrying, stop_after_delay, wait_random_exponential
+
+from libs.common.clients.kafka.base import Outgoing
+from libs.common.observability.tracing import inject_headers
+from libs.common.resilience import Policy
+from libs.common.schemas import Message
+
+
+class KafkaPublisher:
+    """Publishes pydantic messages as JSON; headers carry trace context and schema.
+
+    Every send runs under the "kafka" resilience policy: a timeout, one retry of a
+    transient failure, and a breaker that makes callers fail fast while the broker is
+    down. Tansu has no idempotent producer (DESIGN.md), so delivery is at-least-once
+    and consumers deduplicate by event id.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        client_id: str,
+        timeout_s: float = 10.0,
+        acks: int | str = "all",
+        policy: Policy | None = None,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._client_id = client_id
+        self._timeout_s = timeout_s
+        self._acks = acks
+        self.policy = policy or Policy("kafka", timeout_s=timeout_s + 1, attempts=2)
+        self._started: AIOKafkaProducer | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._started is not None
+
+    @property
+    def _producer(self) -> AIOKafkaProducer:
+        if self._started is None:
+            raise RuntimeError("KafkaPublisher used before start()")
+        return self._started
+
+    async def start(self, *, within_s: float = 30.0) -> None:
+        # Built here, not in __init__: aiokafka binds to the running event loop.
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            acks=self._acks,
+            linger_ms=5,
+            request_timeout_ms=int(self._timeout_s * 1000),
+            enable_idempotence=False,
+        )
+        async for attempt in AsyncRetrying(
+            stop=stop_after_delay(within_s), wait=wait_random_exponential(0.1, 2), reraise=True
+        ):
+            with attempt:
+                await producer.start()
+        self._started = producer
+
+    async def stop(self) -> None:
+        if self._started is not None:
+            await self._started.stop()
+            self._started = None
+
+    def headers(self, message: Message | None) -> list[tuple[str, bytes]]:
+        """Producer, schema and trace-context headers of one message."""
+        extra = [("producer", self._client_id.encode())]
+        if message is not None:
+            extra += [
+                ("message-type", type(message).__name__.encode()),
+                ("message-version", str(message.message_version).encode()),
+            ]
+        return inject_headers(extra)
+
+    async def publish(self, topic: str, message: Message, *, key: str | None = None) -> None:
+        await self.publish_many([(topic, message, key)])
+
+    async def publish_many(self, items: Sequence[Outgoing]) -> None:
+        """Send many messages in order, then wait for all acknowledgements (pipelined)."""
+        if items:
+            await self.policy.call(self._send_all, items)
+
+    async def _send_all(self, items: Sequence[Outgoing]) -> None:
+        futures = [
+            await self._producer.send(
+                topic, m.to_bytes(), key=k.encode() if k else None, headers=self.headers(m)
+            )
+            for topic, m, k in items
+        ]
+        await asyncio.gather(*futures)
+
+    async def publish_raw(self, topic: str, value: bytes, *, key: str | None = None) -> None:
+        async def send() -> None:
+            await self._producer.send_and_wait(
+                topic, value, key=key.encode() if key else None, headers=self.headers(None)
+            )
+
+        await self.policy.call(send)
+
+    async def send_nowait(
+        self, topic: str, message: Message, key: str | None, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[object]:
+        """Hand one message to the producer's buffer; the future resolves on acknowledgement.
+
+        For fire-and-forget logs (serve's prediction log) that count acknowledgements
+        themselves instead of waiting for them.
+        """
+        future: asyncio.Future[object] = await self._producer.send(
+            topic, message.to_bytes(), key=key.encode() if key else None, headers=headers
+        )
+        return future
+
+    async def flush(self) -> None:
+        await self._producer.flush()

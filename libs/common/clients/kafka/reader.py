@@ -1,0 +1,48 @@
+"""Reading a whole topic as it is now, without a group (operator tools)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from libs.common.clients.kafka.deliveries import Delivery
+
+
+async def read_to_end(
+    bootstrap: str, topic: str, *, client_id: str = "signalops-cli", within_s: float = 60.0
+) -> list[Delivery[bytes]]:
+    """Every record on `topic` up to the end offsets taken at the start.
+
+    Reads until each partition reached its end (an empty poll is not the end), or
+    raises TimeoutError after `within_s`.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, client_id=client_id
+    )
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            await consumer.client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        out: list[Delivery[bytes]] = []
+        remaining = {tp for tp in tps if end[tp] > await consumer.position(tp)}
+        async with asyncio.timeout(within_s):
+            while remaining:
+                batch = await consumer.getmany(*remaining, timeout_ms=1000)
+                for tp, records in batch.items():
+                    out.extend(
+                        Delivery.of(r, r.value or b"") for r in records if r.offset < end[tp]
+                    )
+                    if records[-1].offset + 1 >= end[tp]:
+                        remaining.discard(tp)
+        return out
+    finally:
+        await consumer.stop()

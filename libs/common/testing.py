@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+import signal
+from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
 from libs.common.clients.kafka.deliveries import Delivery
@@ -32,3 +35,13 @@ def raw_delivery(
 ) -> Delivery[bytes]:
     """A delivery of raw bytes (subscriptions without a schema)."""
     return Delivery(value, topic, 0, offset, key, value)
+
+
+@contextlib.contextmanager
+def paused(pid: int) -> Iterator[None]:
+    """SIGSTOP `pid` for the block (a broker or Redis that stops answering), then SIGCONT."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)

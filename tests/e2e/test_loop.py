@@ -236,4 +236,5 @@ def test_signals_to_prediction_to_retrained_model(stack: RunningStack) -> None:
     )
     assert new["model"]["variant"] == "champion"
     models = httpx.get(f"{stack.serve}/v1/models", timeout=10).json()
-    assert "2" in str(models)
+    served = {(m["name"], m["variant"]): m["version"] for m in models["models"]}
+    assert served[(model.name, "champion")] == "2"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from libs.common.clients.redis import MemoryFeatureStore, StoredEvent, StoredVector
+from libs.common.clients.redis import RedisFeatureStore, StoredEvent, StoredVector, make_redis
 from libs.common.definitions import load_definitions
 from libs.common.features import EventHistory, compute_view, model_columns, to_row
 from libs.common.offline import OUTCOMES, PREDICTIONS, SIGNALS, OfflineStore
@@ -20,7 +20,7 @@ from services.retrain.core.offline_rows import outcome_row, prediction_row, sign
 END = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
-async def test_training_rows_equal_the_online_vectors(retrain_settings) -> None:  # type: ignore[no-untyped-def]
+async def test_training_rows_equal_the_online_vectors(retrain_settings, redis_url: str) -> None:  # type: ignore[no-untyped-def]
     """Ray Data join rows equal compute_view fed event by event, read at the join time."""
     settings = retrain_settings()
     definitions = load_definitions(settings.definitions)
@@ -76,7 +76,10 @@ async def test_training_rows_equal_the_online_vectors(retrain_settings) -> None:
 
     # Streaming path: the online store fed one event at a time, in event-time order, each
     # vector computed as of the newest event; read back at each row's join time.
-    online = MemoryFeatureStore()
+    # The real Redis adapter (its own database, emptied first: entity ids repeat).
+    client = make_redis(redis_url.rsplit("/", 1)[0] + "/7")
+    await client.flushdb()
+    online = RedisFeatureStore(client)
     retention = source_retention(definitions, source.name)
     pending = sorted(signals, key=lambda s: s.event_time)
     columns = model_columns(model)
@@ -113,3 +116,4 @@ async def test_training_rows_equal_the_online_vectors(retrain_settings) -> None:
     assert anchored_between_events == len(frame)
     assert frame[columns].isna().any().any()  # missing pressure travels as NaN...
     assert (frame[columns].dtypes == "float64").all()  # ...in float columns, never None
+    await online.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,24 +58,18 @@ def _train() -> Callable[[ModelDefinition, int], lgb.Booster]:
 
 @pytest.fixture(scope="module", name="register_model")
 def _register_model(mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> RegisterModel:
-    """register(model, seed) -> version: log a booster as retrain does, alias it champion."""
-    import mlflow
-    from mlflow import MlflowClient
+    """register(model, seed) -> version: register a booster as retrain does (the shared
+    registry client), and make it champion.
+    """
+    from libs.common.registry import MlflowRegistry
 
-    mlflow.set_tracking_uri(mlflow_uri)
-    experiment = mlflow.create_experiment(
-        f"serve-{uuid.uuid4().hex[:8]}",
-        artifact_location=str(tmp_path_factory.mktemp("serve-artifacts")),
-    )
-    client = MlflowClient(mlflow_uri)
+    registry = MlflowRegistry(mlflow_uri, str(tmp_path_factory.mktemp("serve-artifacts")))
 
     def register(model: ModelDefinition, seed: int) -> str:
-        with mlflow.start_run(experiment_id=experiment):
-            info = mlflow.lightgbm.log_model(
-                train_booster(model, seed), name="model", registered_model_name=model.name
-            )
-        version = str(info.registered_model_version)
-        client.set_registered_model_alias(model.name, "champion", version)
+        version = registry.register(
+            model.name, train_booster(model, seed), params={"seed": seed}, metrics={}, tags={}
+        )
+        registry.promote(model.name, version)
         return version
 
     return register

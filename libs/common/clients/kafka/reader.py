@@ -14,8 +14,10 @@ async def read_to_end(
 ) -> list[Delivery[bytes]]:
     """Every record on `topic` up to the end offsets taken at the start.
 
-    Reads until each partition reached its end (an empty poll is not the end), or
-    raises TimeoutError after `within_s`.
+    Reads until each partition reached its end (an empty poll is not the end), then
+    drains until a poll comes back empty: Tansu reports the end of a partition as the
+    last batch's base offset + 1, so records of that batch lie past the reported end.
+    Raises TimeoutError after `within_s`.
     """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, client_id=client_id
@@ -38,11 +40,12 @@ async def read_to_end(
             while remaining:
                 batch = await consumer.getmany(*remaining, timeout_ms=1000)
                 for tp, records in batch.items():
-                    out.extend(
-                        Delivery.of(r, r.value or b"") for r in records if r.offset < end[tp]
-                    )
+                    out.extend(Delivery.of(r, r.value or b"") for r in records)
                     if records[-1].offset + 1 >= end[tp]:
                         remaining.discard(tp)
+            while batch := await consumer.getmany(*tps, timeout_ms=500):
+                for records in batch.values():
+                    out.extend(Delivery.of(r, r.value or b"") for r in records)
         return out
     finally:
         await consumer.stop()

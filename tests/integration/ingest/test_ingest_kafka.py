@@ -255,6 +255,26 @@ async def test_raw_topic_is_validated_and_committed(
         await observer.stop()
 
 
+async def test_killed_raw_consumer_fails_healthz_naming_it(
+    settings: IngestSettings, ingest_url: str
+) -> None:
+    """The signals.raw consume loop killed inside ingest: /healthz answers 503 and names
+    the loop (an orchestrator restarts the pod), /readyz too; never a green zombie.
+    """
+    async with httpx.AsyncClient(base_url=ingest_url, timeout=10) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        name = f"consume ingest {settings.topics.raw}"
+        [task] = [t for t in asyncio.all_tasks() if t.get_name() == name]
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        r = await http.get("/healthz")
+        assert r.status_code == 503
+        [problem] = r.json()["problems"]
+        assert settings.topics.raw in problem and "stopped" in problem
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503 and settings.topics.raw in ready.json()["reason"]
+
+
 async def test_python_dash_m_entry_point_serves_and_stops_on_sigterm(
     settings: IngestSettings, tmp_path: Path
 ) -> None:

@@ -35,8 +35,14 @@ async def test_retrain_request_on_the_broker_ends_as_a_model_event(
     retrain_settings,
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
-    """Outcomes from the broker reach the offline store; a RetrainModel yields ModelChanged."""
-    settings = retrain_settings(kafka_bootstrap=kafka_bootstrap)
+    """Outcomes from the broker reach the offline store; a RetrainModel yields ModelChanged.
+
+    Faults on the way: the training outlasts max_poll_interval (1 s here), an undecodable
+    record and an unknown model sit on retrain.requests, and the request is delivered
+    again after it was answered. One version per request, each poison record
+    dead-lettered once, every record committed, no crash loop.
+    """
+    settings = retrain_settings(kafka_bootstrap=kafka_bootstrap, consumer_max_poll_interval_ms=1000)
     name = load_definitions(settings.definitions).models[0].name
     topics = settings.topics
 
@@ -89,12 +95,13 @@ async def test_retrain_request_on_the_broker_ends_as_a_model_event(
             return store.read(OUTCOMES).num_rows == len(outcomes)
 
         await wait_for(all_outcomes_logged, timeout_s=120)
-        await publisher.publish(
-            topics.retrain, RetrainModel(model=name, reason="from test"), key=name
-        )
+        request = RetrainModel(model=name, reason="from test")
+        requested_at = asyncio.get_running_loop().time()
+        await publisher.publish(topics.retrain, request, key=name)
         await publisher.publish(
             topics.retrain, RetrainModel(model="no_such_model"), key="no_such_model"
         )
+        await publisher.publish_raw(topics.retrain, b'{"model": 42}', key=name)
 
         # Bootstrap announced version 1; the request leads to version 2.
         await models.start()
@@ -106,6 +113,8 @@ async def test_retrain_request_on_the_broker_ends_as_a_model_event(
             return any(m.kind == "promoted" and m.version == "2" for m in seen)
 
         await wait_for(version_2_promoted, timeout_s=180)
+        # The run took longer than max_poll_interval, so the pause-and-poll kept the group.
+        assert asyncio.get_running_loop().time() - requested_at > 1.0
         assert [(m.kind, m.version, m.reason) for m in seen] == [
             ("registered", "1", "bootstrap"),
             ("promoted", "1", "bootstrap"),
@@ -124,9 +133,27 @@ async def test_retrain_request_on_the_broker_ends_as_a_model_event(
                 dead_letters.extend(DeadLetter.from_bytes(r.value) for r in records)
             return bool(dead_letters)
 
-        await wait_for(dead_letter_arrived, timeout_s=60)
-        [dead] = dead_letters
-        assert (dead.reason, dead.source) == ("unknown_model", topics.retrain)
+        async def two_dead_letters() -> bool:
+            await dead_letter_arrived()
+            return len(dead_letters) >= 2
+
+        await wait_for(two_dead_letters, timeout_s=60)
+        assert sorted((d.reason, d.source) for d in dead_letters) == [
+            ("invalid_message", topics.retrain),
+            ("unknown_model", topics.retrain),
+        ]
+
+        # The same request again (a redelivery after a crash or a rebalance): answered.
+        await publisher.publish(topics.retrain, request, key=name)
+        registry = MlflowRegistry.from_settings(settings)
+
+        async def redelivery_committed() -> bool:
+            return await _committed(kafka_bootstrap, topics.retrain, settings.kafka_partitions) == 4
+
+        await wait_for(redelivery_committed, timeout_s=60)
+        assert registry.version_for_request(name, request.event_id) == "2"
+        assert [v.version for v in registry.list_versions(name)] == ["2", "1"]
+        assert app.kafka.liveness() == []
     finally:
         stop.set()
         await asyncio.wait_for(service, timeout=60)
@@ -134,16 +161,18 @@ async def test_retrain_request_on_the_broker_ends_as_a_model_event(
         await models.stop()
         await dlq.stop()
 
-    # Both requests were committed: a poison request does not come back after a restart.
+    # Every request was committed: a poison request does not come back after a restart.
+    assert await _committed(kafka_bootstrap, topics.retrain, settings.kafka_partitions) == 4
+
+
+async def _committed(bootstrap: str, topic: str, partitions: int) -> int:
     probe = AIOKafkaConsumer(
-        bootstrap_servers=kafka_bootstrap, group_id=TRAINER_GROUP, enable_auto_commit=False
+        bootstrap_servers=bootstrap, group_id=TRAINER_GROUP, enable_auto_commit=False
     )
     await probe.start()
     try:
-        committed = [
-            await probe.committed(TopicPartition(topics.retrain, p))
-            for p in range(settings.kafka_partitions)
-        ]
+        return sum(
+            [(await probe.committed(TopicPartition(topic, p))) or 0 for p in range(partitions)]
+        )
     finally:
         await probe.stop()
-    assert sum(c or 0 for c in committed) == 2

@@ -23,6 +23,7 @@ from libs.common.clients.redis import RedisFeatureStore, StoredVector, make_redi
 from libs.common.definitions import Definitions, load_definitions
 from libs.common.schemas import ModelChanged, PredictionMade
 from libs.common.settings import Topics
+from libs.common.testing import paused
 from services.serve.main import APP_NAME, deploy
 from services.serve.settings import ServeSettings
 
@@ -236,3 +237,31 @@ async def test_model_event_hot_swaps_the_champion(
     assert models["models"][0]["name"] == deployed.model
     assert (models["models"][0]["version"], models["models"][0]["variant"]) == (version, "champion")
     assert models["traffic"][deployed.model] == {"champion": 1.0}
+
+
+async def test_redis_paused_answers_degraded_never_5xx(deployed: Deployed, redis_server) -> None:  # type: ignore[no-untyped-def]
+    """Redis frozen (SIGSTOP) for 5 s: every predict answers 200 degraded with the reason
+    (the breaker fails reads fast), and scored answers come back after SIGCONT.
+    """
+    statuses: list[int] = []
+    reasons: set[str] = set()
+    with paused(redis_server.pid):
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            r = await deployed.http.post("/v1/predict", json={"entity_id": deployed.known})
+            statuses.append(r.status_code)
+            if r.status_code == 200:
+                body = r.json()
+                assert body["degraded"] is True
+                reasons.update(body["reasons"])
+    assert statuses and set(statuses) == {200}
+    assert "feature_store_unavailable" in reasons
+
+    async def scored_again() -> bool:
+        r = await deployed.http.post("/v1/predict", json={"entity_id": deployed.known})
+        return r.status_code == 200 and r.json()["degraded"] is False
+
+    deadline = time.monotonic() + 60
+    while not await scored_again():
+        assert time.monotonic() < deadline, "serve did not recover after Redis came back"
+        await asyncio.sleep(0.5)

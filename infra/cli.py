@@ -222,11 +222,12 @@ def dlq_replay(
     ]
     chosen = [r for r in letters if reason is None or r.reason == reason]
 
-    async def _replay() -> None:
+    async def _replay() -> tuple[int, list[str]]:
         # Outcomes have no raw topic: they go back through ingest's HTTP endpoint, so
         # every replayed record is validated again by the same code as the first time.
         import httpx
 
+        sent, failed = 0, []
         pub = KafkaPublisher(s.kafka_bootstrap, client_id="signalops-dlq-replay")
         await pub.start()
         try:
@@ -234,16 +235,28 @@ def dlq_replay(
                 for r in chosen:
                     if r.source == "outcomes" and to is None:
                         url = f"http://{s.ingest_host}:{s.ingest_port}/v1/outcomes"
-                        await http.post(
+                        answer = await http.post(
                             url, content=r.original, headers={"content-type": "application/json"}
                         )
+                        if answer.status_code >= 300:
+                            failed.append(f"{r.event_id}: ingest answered {answer.status_code}")
+                            continue
                     else:
                         await pub.publish_raw(to or s.topics.raw, r.original, key=r.original_key)
+                    sent += 1
         finally:
             await pub.stop()
+        return sent, failed
 
-    asyncio.run(_replay())
-    console.print(f"replayed {len(chosen)} of {len(letters)} dead letters to {to or s.topics.raw}.")
+    sent, failed = asyncio.run(_replay())
+    for line in failed:
+        console.print(f"[red]not replayed[/] {line}")
+    console.print(
+        f"replayed {sent} of {len(chosen)} chosen ({len(letters)} dead letters) "
+        f"to {to or s.topics.raw}; {len(failed)} failed."
+    )
+    if failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -106,6 +106,9 @@ def _ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             drain_s=2, haproxy_metrics_port=free_port(), haproxy_stats_port=free_port()
         )
     )
+    # Replicas read the admin token from their node's environment (it never travels in
+    # Serve's deployment arguments): the raylet inherits it from this process.
+    os.environ["SIGNALOPS_ADMIN_TOKEN"] = "integration-admin-token"
     # Loopback-only test cluster: no token auth (never in deployed configs).
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"

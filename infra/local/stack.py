@@ -94,13 +94,13 @@ class LocalStack:
                 "features",
                 s.features_metrics_port,
                 "SIGNALOPS_FEATURES_METRICS_PORT",
-                f"http://127.0.0.1:{s.features_metrics_port}/metrics",
+                f"http://127.0.0.1:{s.features_metrics_port}/healthz",
             ),
             Component(
                 "retrain",
                 s.retrain_metrics_port,
                 "SIGNALOPS_RETRAIN_METRICS_PORT",
-                f"http://127.0.0.1:{s.retrain_metrics_port}/metrics",
+                f"http://127.0.0.1:{s.retrain_metrics_port}/healthz",
             ),
         ]
 

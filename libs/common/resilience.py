@@ -16,7 +16,6 @@ from typing import ParamSpec, TypeVar
 from aiobreaker import CircuitBreaker, CircuitBreakerError, CircuitBreakerListener
 from aiobreaker.state import CircuitBreakerState
 from aiokafka.errors import KafkaError
-from prometheus_client import Counter, Gauge
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import (
@@ -28,26 +27,15 @@ from tenacity import (
 )
 
 from libs.common.errors import DependencyUnavailable
+from libs.common.observability.metrics import (
+    BREAKER_OPENED,
+    BREAKER_STATE,
+    CALL_FAILURES,
+    RETRIES,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-BREAKER_STATE = Gauge(
-    "signalops_breaker_state",
-    "Circuit breaker state per dependency: 0 closed, 1 half-open, 2 open",
-    ["dependency"],
-)
-BREAKER_OPENED = Counter(
-    "signalops_breaker_opened_total", "Times a dependency's breaker opened", ["dependency"]
-)
-RETRIES = Counter(
-    "signalops_retries_total", "Retried calls to a dependency, by dependency", ["dependency"]
-)
-CALL_FAILURES = Counter(
-    "signalops_dependency_failures_total",
-    "Calls to a dependency that failed after their retries",
-    ["dependency"],
-)
 
 _STATE_VALUE = {
     CircuitBreakerState.CLOSED: 0,

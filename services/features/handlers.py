@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from opentelemetry import trace
 
@@ -16,6 +15,7 @@ from libs.common.features import EventHistory
 from libs.common.observability import LATENCY, get_logger, tracer
 from libs.common.observability.tracing import producer_links
 from libs.common.offline import SIGNALS, OfflineStore
+from libs.common.resilience import Policy
 from libs.common.schemas import Signal
 from libs.common.settings import Topics
 from services.features.core.updates import (
@@ -45,6 +45,10 @@ class FeaturesHandler:
     dead_letters: DeadLetters
     topics: Topics
     offline: OfflineStore | None = None
+    # Timeouts, retries and breakers of the two stores (the consume loop waits out an
+    # outage that outlasts them: DependencyUnavailable is transient).
+    redis: Policy = field(default_factory=lambda: Policy("redis", timeout_s=5.0))
+    files: Policy = field(default_factory=lambda: Policy("offline-store", timeout_s=30.0))
 
     async def on_valid_signals(self, batch: list[Delivery[Signal]]) -> list[VectorComputed]:
         """Handle one consumed batch; returns the vectors written.
@@ -68,7 +72,8 @@ class FeaturesHandler:
         computed: list[VectorComputed] = []
         for group in groups:
             views = views_of.get(group.source.name, [])
-            stored = await self.store.add_events(
+            stored = await self.redis.call(
+                self.store.add_events,
                 group.source.name,
                 group.source.version,
                 group.entity_id,
@@ -81,14 +86,15 @@ class FeaturesHandler:
             history = EventHistory.from_events([(e.event_id, e.ts, e.fields) for e in stored])
             computed.extend(compute_vectors(views, group.entity_id, history))
         now = time.time()
-        await self.store.write_vectors(
+        await self.redis.call(
+            self.store.write_vectors,
             [
                 (c.view.name, c.view.version, c.entity_id, StoredVector(c.values, c.as_of, now))
                 for c in computed
-            ]
+            ],
         )
         if self.offline is not None and batch:
-            await asyncio.to_thread(self._append_offline, batch)
+            await self.files.call_blocking(self._append_offline, batch)
         await self.dead_letters.reject_many(
             [
                 self.dead_letters.of(

@@ -25,6 +25,7 @@ from libs.common.clients.kafka import DeadLetters, Delivery, Publisher
 from libs.common.definitions import Definitions
 from libs.common.observability import extract_context, get_logger, tracer
 from libs.common.offline import OUTCOMES, PREDICTIONS, OfflineStore
+from libs.common.resilience import Policy
 from libs.common.schemas import DriftDetected, Outcome, PredictionMade, RetrainModel
 from services.retrain.core.offline_rows import batch_file_name, outcome_row, prediction_row
 from services.retrain.core.results import TrainingResult
@@ -95,6 +96,8 @@ class RetrainHandlers:
         self._trainer = trainer
         self._store = store
         self._answered_by = answered_by
+        self._files = Policy("offline-store", timeout_s=30.0)
+        self._registry = Policy("mlflow", timeout_s=30.0, attempts=3)
 
     # trainer side -----------------------------------------------------------------
     async def on_trainer_batch(self, batch: list[Delivery[Any]]) -> None:
@@ -147,7 +150,7 @@ class RetrainHandlers:
         """The asks no registered version answers yet (redelivered ones are dropped)."""
         out = []
         for job in asks:
-            version = await asyncio.to_thread(self._answered_by, model, job.request_id)
+            version = await self._registry.call_blocking(self._answered_by, model, job.request_id)
             if version is None:
                 out.append(job)
             else:
@@ -210,5 +213,5 @@ class RetrainHandlers:
             grouped[tp].append(row)
         for (topic, partition), part in grouped.items():
             name = batch_file_name(topic, partition, first[(topic, partition)])
-            await asyncio.to_thread(self._store.append, kind, part, name=name)
+            await self._files.call_blocking(self._store.append, kind, part, name=name)
             OFFLINE_ROWS.labels(kind).inc(len(part))

@@ -22,13 +22,11 @@ APP_NAME = "signalops"
 log = get_logger(__name__)
 
 
-def build_app(settings: ServeSettings, *, pass_secrets: bool = True) -> Application:
+def build_app(settings: ServeSettings) -> Application:
     """The Serve application: the ingress deployment sized by `settings`.
 
     Args:
         settings: what the replicas run with (sent to them as a JSON dict).
-        pass_secrets: send the admin token along; False leaves replicas to read
-            SIGNALOPS_ADMIN_TOKEN from their node's environment.
     """
     # @serve.deployment turns the class into a Deployment, which mypy cannot see.
     return SignalopsServe.options(  # type: ignore[attr-defined]
@@ -38,7 +36,7 @@ def build_app(settings: ServeSettings, *, pass_secrets: bool = True) -> Applicat
         # Old replicas keep serving until new ones are ready (RAY_NOTES.md "Hot swaps").
         max_surge_percent=100,
         graceful_shutdown_timeout_s=10,
-    ).bind(settings_payload(settings, include_secrets=pass_secrets))
+    ).bind(settings_payload(settings))  # no secrets: replicas read them from their node
 
 
 def app_builder(args: dict[str, Any]) -> Application:
@@ -48,7 +46,7 @@ def app_builder(args: dict[str, Any]) -> Application:
     application's runtime_env and the node. The admin token is not put in the
     deployment arguments: replicas read it from their environment.
     """
-    return build_app(ServeSettings(**args), pass_secrets=False)
+    return build_app(ServeSettings(**args))
 
 
 def wait_until_ready(settings: ServeSettings, timeout_s: float = 120.0) -> dict[str, object]:

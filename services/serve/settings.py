@@ -59,21 +59,17 @@ class ServeSettings(Settings):
         return self
 
 
-def settings_payload(settings: Settings, *, include_secrets: bool = True) -> dict[str, Any]:
+def settings_payload(settings: Settings) -> dict[str, Any]:
     """Settings as a JSON-able dict for a replica on another process or node.
 
     Paths become absolute and the tracking URI explicit, since a replica's working
-    directory is not the driver's. With `include_secrets` the admin token travels
-    along (a plain JSON dump would mask it as '**********'); without, it is left
-    out and the replica reads SIGNALOPS_ADMIN_TOKEN from its node's environment,
-    which keeps it out of Serve's stored deployment arguments.
+    directory is not the driver's. The admin token never travels in it: Serve stores
+    deployment arguments (the dashboard shows them), so the replica reads
+    SIGNALOPS_ADMIN_TOKEN from its node's environment.
     """
     payload = settings.model_dump(mode="json")
     payload["data_dir"] = str(settings.data_dir.resolve())
     payload["definitions"] = str(settings.definitions.resolve())
     payload["mlflow_tracking_uri"] = settings.tracking_uri
-    if include_secrets:
-        payload["admin_token"] = settings.admin_token.get_secret_value()
-    else:
-        payload.pop("admin_token", None)
+    payload.pop("admin_token", None)
     return payload

@@ -28,6 +28,27 @@ LOOP_RESTARTS = Counter(
     "Consume loops restarted after a failure",
     ["service", "loop"],
 )
+BREAKER_STATE = Gauge(
+    "signalops_breaker_state",
+    "Circuit breaker state per dependency: 0 closed, 1 half-open, 2 open",
+    ["dependency"],
+)
+BREAKER_OPENED = Counter(
+    "signalops_breaker_opened_total", "Times a dependency's breaker opened", ["dependency"]
+)
+RETRIES = Counter(
+    "signalops_retries_total", "Retried calls to a dependency, by dependency", ["dependency"]
+)
+CALL_FAILURES = Counter(
+    "signalops_dependency_failures_total",
+    "Calls to a dependency that failed after their retries",
+    ["dependency"],
+)
+
+REDIS_OOM = Counter(
+    "signalops_redis_oom_total", "Online-store writes refused because Redis is out of memory"
+)
+
 INFO = Gauge("signalops_up", "1 while the service runs", ["service"])
 
 

@@ -25,6 +25,25 @@ def stable_id(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def with_content_id(
+    data: Any, fields: tuple[str, ...], *, prefix: tuple[str, ...] = (), **defaults: Any
+) -> Any:
+    """`data` (a model's raw input) with `event_id` derived from `fields` when absent.
+
+    The one rule for content-derived ids of signals and outcomes: a record resent
+    without an id gets the same id, so downstream deduplicates it. `event_time` is
+    hashed as its text form; a missing field takes its default from `defaults`.
+    """
+    if not isinstance(data, dict) or data.get("event_id"):
+        return data
+    data = dict(data)
+    values = [
+        str(data.get(f)) if f == "event_time" else data.get(f, defaults.get(f)) for f in fields
+    ]
+    data["event_id"] = stable_id(*prefix, *values)
+    return data
+
+
 class Message(BaseModel):
     """Base of every topic payload.
 

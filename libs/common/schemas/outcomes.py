@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from libs.common.schemas.base import Message, stable_id
+from libs.common.schemas.base import Message, with_content_id
 
 
 class Outcome(Message):
@@ -25,14 +25,8 @@ class Outcome(Message):
     @model_validator(mode="before")
     @classmethod
     def _derive_event_id(cls, data: Any) -> Any:
-        if isinstance(data, dict) and not data.get("event_id"):
-            data = dict(data)
-            data["event_id"] = stable_id(
-                "outcome",
-                data.get("model"),
-                data.get("entity_id"),
-                str(data.get("event_time")),
-                data.get("label"),
-                data.get("prediction_id"),
-            )
-        return data
+        return with_content_id(
+            data,
+            ("model", "entity_id", "event_time", "label", "prediction_id"),
+            prefix=("outcome",),
+        )

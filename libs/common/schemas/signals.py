@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from libs.common.schemas.base import Message, stable_id
+from libs.common.schemas.base import Message, with_content_id
 
 FieldValue = float | int | bool | str | None
 
@@ -27,13 +27,8 @@ class Signal(Message):
     @model_validator(mode="before")
     @classmethod
     def _derive_event_id(cls, data: Any) -> Any:
-        if isinstance(data, dict) and not data.get("event_id"):
-            data = dict(data)
-            data["event_id"] = stable_id(
-                data.get("source"),
-                data.get("entity_id"),
-                str(data.get("event_time")),
-                data.get("fields"),
-                data.get("schema_version", 1),
-            )
-        return data
+        return with_content_id(
+            data,
+            ("source", "entity_id", "event_time", "fields", "schema_version"),
+            schema_version=1,
+        )

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import timedelta
-
-from aiobreaker import CircuitBreaker, CircuitBreakerError
 
 from libs.common.clients.redis.base import FeatureStore, StoredVector
+from libs.common.errors import DependencyUnavailable
 from libs.common.observability.logging import get_logger
+from libs.common.resilience import Policy
 from services.serve.errors import FeatureStoreUnavailable
 
 log = get_logger(__name__)
@@ -27,15 +26,11 @@ class GuardedFeatureReader:
     ) -> None:
         self._store = store
         self._timeout_s = timeout_s
-        self.breaker = CircuitBreaker(
-            fail_max=fail_max, timeout_duration=timedelta(seconds=reset_s), name="feature-store"
+        # One attempt: the request's own budget has no room for a retry; the breaker
+        # makes the following requests fail fast while Redis is down.
+        self.policy = Policy(
+            "redis", timeout_s=timeout_s, attempts=1, fail_max=fail_max, reset_s=reset_s
         )
-
-    async def _read(
-        self, views: Sequence[tuple[str, int]], entity_ids: Sequence[str]
-    ) -> list[dict[str, StoredVector]]:
-        async with asyncio.timeout(self._timeout_s):
-            return await self._store.read_vectors(views, entity_ids)
 
     async def read(
         self, views: Sequence[tuple[str, int]], entity_ids: Sequence[str]
@@ -46,16 +41,16 @@ class GuardedFeatureReader:
             FeatureStoreUnavailable: the read failed or timed out, or the breaker is open.
         """
         try:
-            return await self.breaker.call_async(self._read, views, entity_ids)
-        except CircuitBreakerError as exc:
-            raise FeatureStoreUnavailable(f"feature store circuit open: {exc}") from None
+            return await self.policy.call(self._store.read_vectors, views, entity_ids)
+        except DependencyUnavailable as exc:
+            raise FeatureStoreUnavailable(f"feature store unavailable: {exc.detail}") from None
         except Exception as exc:
             log.warning("feature_read_failed", error=repr(exc), entities=len(entity_ids))
             raise FeatureStoreUnavailable(f"feature store read failed: {exc!r}") from exc
 
     @property
     def state(self) -> str:
-        return str(self.breaker.current_state.name).lower()
+        return self.policy.state
 
     async def ping(self) -> bool:
         try:

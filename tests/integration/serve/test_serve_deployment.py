@@ -28,7 +28,7 @@ from services.serve.main import APP_NAME, deploy
 from services.serve.settings import ServeSettings
 
 pytestmark = pytest.mark.integration
-TOKEN = "integration-admin-token"
+TOKEN = "integration-admin-token"  # what tests/conftest.py puts in the Ray nodes' env
 
 
 @dataclass

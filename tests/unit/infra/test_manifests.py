@@ -499,16 +499,17 @@ def test_ingest_probes_readyz_and_healthz_on_its_port(k8s: list[Doc]) -> None:
 
 
 def test_exec_probes_check_the_port_the_service_listens_on(k8s: list[Doc]) -> None:
-    """Exec probes of features and retrain query their configured metrics port."""
+    """Exec probes of features and retrain query their ops server's health endpoints
+    (readiness /readyz, liveness /healthz) on the configured port."""
     for name, var in (
         ("signalops-features", "SIGNALOPS_FEATURES_METRICS_PORT"),
         ("signalops-retrain", "SIGNALOPS_RETRAIN_METRICS_PORT"),
     ):
         c = _only(k8s, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
         port = _env_values(k8s, c)[var]
-        for probe in ("readinessProbe", "livenessProbe"):
+        for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
             command = " ".join(c[probe]["exec"]["command"])
-            assert f":{port}/metrics" in command, f"{name} {probe}"
+            assert f":{port}{path}" in command, f"{name} {probe}"
 
 
 def test_services_select_deployment_pods_and_ports(k8s: list[Doc]) -> None:

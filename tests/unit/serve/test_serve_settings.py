@@ -25,15 +25,9 @@ def test_payload_round_trips_with_absolute_paths(tmp_path: Path, monkeypatch) ->
     assert payload["definitions"] == str(tmp_path / "defs.yaml")
     assert payload["mlflow_tracking_uri"] == f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}"
     again = ServeSettings(**payload)
-    assert again.admin_token.get_secret_value() == "s3cret"
     assert (again.serve_num_replicas, again.topics) == (3, settings.topics)
-
-
-def test_payload_can_leave_the_token_to_the_environment() -> None:
-    """Without secrets the token is absent, so the replica reads it from its env."""
-    payload = settings_payload(ServeSettings(admin_token="s3cret"), include_secrets=False)
-    assert "admin_token" not in payload
-    assert "s3cret" not in str(payload)
+    # The token stays out of Serve's stored arguments: the replica reads its env.
+    assert "admin_token" not in payload and "s3cret" not in str(payload)
 
 
 def test_priority_limits_must_be_ordered() -> None:
@@ -43,14 +37,16 @@ def test_priority_limits_must_be_ordered() -> None:
 
 
 def test_build_app_sizes_the_deployment() -> None:
-    """The deployment gets fractional CPUs, replicas, concurrency and the settings payload."""
+    """The deployment gets fractional CPUs, replicas, concurrency and the settings payload,
+    never the admin token (Serve stores deployment arguments)."""
     app = build_app(ServeSettings(serve_num_replicas=1, admin_token="tok"))
     # Application has no public accessor for its bound deployment.
     deployment = app._bound_deployment
     assert deployment.num_replicas == 1
     assert deployment.ray_actor_options["num_cpus"] == 0.25
     assert deployment.max_ongoing_requests == 256
-    assert deployment.init_args[0]["admin_token"] == "tok"
+    assert deployment.init_args[0]["serve_num_replicas"] == 1
+    assert "admin_token" not in deployment.init_args[0] and "tok" not in str(deployment.init_args)
 
 
 def test_app_builder_keeps_the_token_out_of_deployment_args() -> None:

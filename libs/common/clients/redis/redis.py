@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from prometheus_client import Counter
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -21,10 +20,7 @@ from libs.common.clients.redis.base import (
     vector_key,
 )
 from libs.common.errors import DependencyUnavailable
-
-REDIS_OOM = Counter(
-    "signalops_redis_oom_total", "Online-store writes refused because Redis is out of memory"
-)
+from libs.common.observability.metrics import REDIS_OOM
 
 # Only a vector with a newer (or equal) as_of replaces the stored one, so a replayed
 # or reordered batch never moves features backwards. Atomic on the server.

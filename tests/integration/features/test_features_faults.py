@@ -8,13 +8,17 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
+from prometheus_client import REGISTRY
 
 from libs.common.binaries import redis_command
 from libs.common.clients.kafka import KafkaPublisher, ensure_topics
 from libs.common.clients.kafka.reader import read_to_end
-from libs.common.clients.redis import RedisFeatureStore, make_redis
+from libs.common.clients.redis import RedisFeatureStore, StoredVector, make_redis
+from libs.common.errors import DependencyUnavailable
 from libs.common.net import free_port, wait_for_port
 from libs.common.schemas import DeadLetter, Signal
 from libs.common.testing import paused
@@ -30,6 +34,17 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float, wha
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout_s:.0f}s: {what}")
         await asyncio.sleep(0.3)
+
+
+def _start_redis(port: int, workdir: Path, **options: Any) -> subprocess.Popen[bytes]:
+    """A redis-server as the embedded stack runs it (redis_command), on `port`."""
+    proc = subprocess.Popen(
+        redis_command(port, str(workdir), **options),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port)
+    return proc
 
 
 def _signals(prefix: str, entities: int, per_entity: int) -> list[Signal]:
@@ -163,13 +178,7 @@ async def test_redis_restart_keeps_the_online_state_and_features_resumes(
     url = f"redis://127.0.0.1:{port}/0"
 
     def start_redis() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            redis_command(port, str(tmp_path), maxmemory_mb=64),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(port)
-        return proc
+        return _start_redis(port, tmp_path, maxmemory_mb=64)
 
     redis_proc = start_redis()
     settings = FeaturesSettings(
@@ -205,3 +214,31 @@ async def test_redis_restart_keeps_the_online_state_and_features_resumes(
         await asyncio.wait_for(service, 30)
         redis_proc.terminate()
         redis_proc.wait(timeout=20)
+
+
+async def test_full_redis_refuses_writes_with_a_metric_not_a_silent_drop(
+    tmp_path: Path,
+) -> None:
+    """A Redis at its memory limit (noeviction) refuses writes: the store raises a
+    transient DependencyUnavailable (the consume loop waits, nothing is evicted or
+    dropped) and counts it in signalops_redis_oom_total, which is alerted on.
+    """
+    port = free_port()
+    proc = _start_redis(port, tmp_path, maxmemory_mb=1, persist=False)
+    store = RedisFeatureStore(make_redis(f"redis://127.0.0.1:{port}/0"))
+    before = REGISTRY.get_sample_value("signalops_redis_oom_total") or 0.0
+    big = {f"f{i}": float(i) for i in range(200)}
+    try:
+        with pytest.raises(DependencyUnavailable, match="out of memory"):
+            for n in range(2000):
+                await store.write_vectors(
+                    [
+                        ("device_stats", 1, f"e-{n}-{k}", StoredVector(big, 1.0, 1.0))
+                        for k in range(20)
+                    ]
+                )
+        assert (REGISTRY.get_sample_value("signalops_redis_oom_total") or 0.0) > before
+    finally:
+        await store.close()
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -7,6 +7,7 @@ new records.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 
 from libs.common.clients.kafka.base import Outgoing, Publisher
@@ -40,15 +41,15 @@ def dead_letter(
     key: str | None = None,
 ) -> DeadLetter:
     """The dead letter of one rejected record, with its deterministic id."""
-    return DeadLetter.of(
-        original,
-        stage=stage,
-        source=source,
-        reason=reason,
-        detail=detail,
-        topic=topic,
-        key=key,
+    return DeadLetter(
         event_id=dead_letter_id(stage, reason, origin),
+        stage=stage,
+        source=source or "unknown",
+        reason=reason,
+        detail=detail[:2000],
+        original_topic=topic,
+        original_key=key,
+        original_b64=base64.b64encode(original).decode(),
     )
 
 

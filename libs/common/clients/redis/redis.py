@@ -39,7 +39,7 @@ async def _execute(pipe: aioredis.client.Pipeline) -> list[Any]:
     try:
         return list(await pipe.execute())
     except ResponseError as exc:
-        if str(exc).startswith("OOM"):
+        if "OOM command not allowed" in str(exc):
             # noeviction: Redis is full. Count it (alerted on) and fail the batch, which
             # the consume loop retries as an outage until memory is freed or added.
             REDIS_OOM.inc()

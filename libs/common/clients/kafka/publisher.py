@@ -17,10 +17,10 @@ from libs.common.schemas import Message
 class KafkaPublisher:
     """Publishes pydantic messages as JSON; headers carry trace context and schema.
 
-    Every send runs under the "kafka" resilience policy: a timeout, one retry of a
-    transient failure, and a breaker that makes callers fail fast while the broker is
-    down. Tansu has no idempotent producer (DESIGN.md), so delivery is at-least-once
-    and consumers deduplicate by event id.
+    Every send runs under the "kafka" resilience policy: a timeout and a breaker that
+    makes callers fail fast while the broker is down (consume loops then retry with
+    backoff, HTTP answers 503). Tansu has no idempotent producer (DESIGN.md), so
+    delivery is at-least-once and consumers deduplicate by event id.
     """
 
     def __init__(
@@ -36,7 +36,9 @@ class KafkaPublisher:
         self._client_id = client_id
         self._timeout_s = timeout_s
         self._acks = acks
-        self.policy = policy or Policy("kafka", timeout_s=timeout_s + 1, attempts=2)
+        # One attempt: aiokafka already retries a send within request_timeout; a second
+        # attempt would only double how long an HTTP client waits for its 503.
+        self.policy = policy or Policy("kafka", timeout_s=timeout_s + 1, attempts=1)
         self._started: AIOKafkaProducer | None = None
 
     @property

@@ -232,6 +232,8 @@ class KafkaRuntime:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._stop.is_set():
+                    return  # a retry interrupted by shutdown: redelivered after restart
                 now = time.monotonic()
                 failures = [t for t in failures if now - t < 300] + [now]
                 LOOP_RESTARTS.labels(self.client_id, name).inc()

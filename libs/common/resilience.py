@@ -105,8 +105,9 @@ class Policy:
             name=name,
             listeners=[_StateMetrics(name)],
         )
-        # Bad input is the caller's problem, not the dependency's: it never trips it.
-        self.breaker.add_excluded_exceptions(*_non_transient_bases())
+        # Only outages trip the breaker: bad input (a poison record, a validation error,
+        # a 4xx from MLflow) is the caller's problem, not the dependency's.
+        self.breaker.add_excluded_exception(lambda e: not is_transient(e))
 
     @property
     def state(self) -> str:
@@ -165,9 +166,3 @@ class Policy:
             return await asyncio.to_thread(fn, *args, **kw)
 
         return await self.call(in_thread)
-
-
-def _non_transient_bases() -> tuple[type[Exception], ...]:
-    # aiobreaker counts every exception that is not excluded; excluding these keeps
-    # validation and programming errors from opening a breaker.
-    return (ValueError, TypeError, KeyError, LookupError, AttributeError)

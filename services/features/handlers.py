@@ -108,21 +108,27 @@ class FeaturesHandler:
         return computed
 
     def _append_offline(self, batch: list[Delivery[Signal]]) -> None:
-        first = min(batch, key=lambda d: (d.partition, d.offset))
-        name = f"{first.topic}-{first.partition}-{first.offset}-{len(batch)}"
+        # One file per partition, named by its first and last offset: a redelivery of
+        # the same records (also to another instance after a rebalance) rewrites the
+        # same file, never one holding another partition's rows.
         assert self.offline is not None
-        self.offline.append(
-            SIGNALS,
-            [
-                {
-                    "event_id": s.event_id,
-                    "source": s.source,
-                    "schema_version": s.schema_version,
-                    "entity_id": s.entity_id,
-                    "ts": s.event_time.timestamp(),
-                    "fields_json": json.dumps(s.fields, sort_keys=True),
-                }
-                for s in (d.message for d in batch)
-            ],
-            name=name,
-        )
+        by_partition: dict[tuple[str, int], list[Delivery[Signal]]] = {}
+        for d in batch:
+            by_partition.setdefault((d.topic, d.partition), []).append(d)
+        for (topic, partition), part in by_partition.items():
+            first, last = min(d.offset for d in part), max(d.offset for d in part)
+            self.offline.append(
+                SIGNALS,
+                [
+                    {
+                        "event_id": s.event_id,
+                        "source": s.source,
+                        "schema_version": s.schema_version,
+                        "entity_id": s.entity_id,
+                        "ts": s.event_time.timestamp(),
+                        "fields_json": json.dumps(s.fields, sort_keys=True),
+                    }
+                    for s in (d.message for d in part)
+                ],
+                name=f"{topic}-{partition}-{first}-{last}",
+            )

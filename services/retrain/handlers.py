@@ -25,8 +25,9 @@ from libs.common.clients.kafka import DeadLetters, Delivery, Publisher
 from libs.common.definitions import Definitions
 from libs.common.observability import extract_context, get_logger, tracer
 from libs.common.offline import OUTCOMES, PREDICTIONS, OfflineStore
-from libs.common.resilience import Policy
+from libs.common.resilience import Policy, is_transient
 from libs.common.schemas import DriftDetected, Outcome, PredictionMade, RetrainModel
+from services.retrain.core import events
 from services.retrain.core.offline_rows import batch_file_name, outcome_row, prediction_row
 from services.retrain.core.results import TrainingResult
 from services.retrain.errors import NoTrainingData, UnknownModel
@@ -147,20 +148,24 @@ class RetrainHandlers:
                 )
 
     async def _unanswered(self, model: str, asks: list[TrainingJob]) -> list[TrainingJob]:
-        """The asks no registered version answers yet (redelivered ones are dropped)."""
+        """The asks no registered version answers yet.
+
+        A redelivered ask is not trained again; its version is announced again instead,
+        since the first delivery may have stopped between registering and publishing
+        (serve re-reads the aliases on any model event, so nothing is missed).
+        """
         out = []
         for job in asks:
             version = await self._registry.call_blocking(self._answered_by, model, job.request_id)
             if version is None:
                 out.append(job)
-            else:
-                TRAINING_RUNS.labels(model, "duplicate").inc()
-                log.info(
-                    "request_already_answered",
-                    model=model,
-                    request_id=job.request_id,
-                    version=version,
-                )
+                continue
+            TRAINING_RUNS.labels(model, "duplicate").inc()
+            log.info(
+                "request_already_answered", model=model, request_id=job.request_id, version=version
+            )
+            again = events.registered(model, version, {}, f"{job.reason} (redelivered)")
+            await self._publisher.publish(self._topics.models, again, key=model)
         return out
 
     async def train(self, model: str, reason: str, request_ids: Sequence[str] = ()) -> str | None:
@@ -178,6 +183,11 @@ class RetrainHandlers:
             TRAINING_RUNS.labels(model, "skipped").inc()
             return None
         except Exception as exc:
+            if is_transient(exc):
+                # Ray, MLflow or the offline store is down: the runtime waits it out and
+                # delivers the request again; it is not the request's fault.
+                log.warning("training_interrupted", model=model, error=repr(exc))
+                raise
             log.exception("training_failed", model=model, reason=reason)
             TRAINING_RUNS.labels(model, "failed").inc()
             return f"training {model} failed: {exc!r}"

@@ -177,8 +177,9 @@ def create_app(service: InferenceService, *, manage_lifecycle: bool = False) -> 
         return {"changed": changed, **service.catalog.view().model_dump()}
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return service.health()
+    async def healthz() -> JSONResponse:
+        health = service.health()
+        return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:

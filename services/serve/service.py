@@ -296,8 +296,13 @@ class InferenceService:
         }
 
     def health(self) -> dict[str, Any]:
+        """Liveness: a dead model-events loop fails it (the replica would never follow a
+        promotion again); a dependency that is merely down does not (answers degrade).
+        """
+        dead = self._events.liveness() if self._events is not None else []
         return {
-            "status": "ok",
+            "status": "dead" if dead else "ok",
+            "problems": dead,
             "in_flight": self.limiter.in_flight,
             "shed": {p.value: n for p, n in self.limiter.shed.items()},
             "counts": dict(self.counts),

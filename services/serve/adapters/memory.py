@@ -74,6 +74,9 @@ class MemoryModelEvents:
     def status(self) -> str:
         return "following" if self.task is not None and not self.task.done() else "off"
 
+    def liveness(self) -> list[str]:
+        return ["model events task ended"] if self.task is not None and self.task.done() else []
+
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()

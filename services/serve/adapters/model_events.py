@@ -76,6 +76,9 @@ class KafkaModelEvents:
             return "; ".join(dead)[:200]
         return "following" if self._runtime.all_started() else "connecting"
 
+    def liveness(self) -> list[str]:
+        return self._runtime.liveness()
+
     async def stop(self) -> None:
         if self._connect is not None:
             self._connect.cancel()

@@ -63,6 +63,13 @@ _STOP_GRACE_S = 10.0
 _MAX_BACKOFF_S = 10.0
 
 
+class _Interrupted(BaseException):
+    """A retry cut short by shutdown: nothing is dead-lettered or committed, the batch is
+    delivered again after restart. A BaseException, so handlers' `except Exception`
+    (and the isolation step) never swallow it.
+    """
+
+
 @dataclass(frozen=True)
 class Subscription:
     """What one consume loop reads and who handles it.
@@ -229,11 +236,13 @@ class KafkaRuntime:
             try:
                 await self._consume(state)
                 return
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, _Interrupted):
+                if self._stop.is_set():
+                    return
                 raise
             except Exception as exc:
                 if self._stop.is_set():
-                    return  # a retry interrupted by shutdown: redelivered after restart
+                    return
                 now = time.monotonic()
                 failures = [t for t in failures if now - t < 300] + [now]
                 LOOP_RESTARTS.labels(self.client_id, name).inc()
@@ -254,10 +263,17 @@ class KafkaRuntime:
             client_id=self.client_id,
             max_records=sub.max_records,
         )
-        async for attempt in AsyncRetrying(wait=wait_random_exponential(0.1, 5)):
-            with attempt:
-                await consumer.start()
+
+        def connecting(rs: RetryCallState) -> None:
+            exc = rs.outcome.exception() if rs.outcome else None
+            log.warning("consumer_connect_retry", loop=sub.name, error=repr(exc)[:300])
+
         try:
+            async for attempt in AsyncRetrying(
+                wait=wait_random_exponential(0.1, 5), before_sleep=connecting
+            ):
+                with attempt:
+                    await consumer.start()
             if sub.group is None:
                 await _follow_from_end(consumer, list(sub.topics))
             state.started = True
@@ -304,8 +320,11 @@ class KafkaRuntime:
             consumer.resume(*consumer.assignment())
         if sub.group is not None:
             await self._commit(consumer, batches, sub.name)
+        owned = consumer.assignment()
         for tp, records in batches.items():
             MESSAGES.labels(self.client_id, tp.topic, "ok").inc(len(records))
+            if tp not in owned:
+                continue  # revoked meanwhile: highwater() asserts ownership
             high = consumer.highwater(tp)
             if high is not None:
                 CONSUMER_LAG.labels(self.client_id, tp.topic).set(
@@ -386,14 +405,19 @@ class KafkaRuntime:
                 "handler_retry", loop=sub.name, attempt=rs.attempt_number, error=repr(exc)[:300]
             )
 
-        async for attempt in AsyncRetrying(
-            stop=stop,
-            wait=wait_random_exponential(0.2, _MAX_BACKOFF_S),
-            before_sleep=count,
-            reraise=True,
-        ):
-            with attempt:
-                await call()
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop,
+                wait=wait_random_exponential(0.2, _MAX_BACKOFF_S),
+                before_sleep=count,
+                reraise=True,
+            ):
+                with attempt:
+                    await call()
+        except Exception as exc:
+            if self._stop.is_set():
+                raise _Interrupted() from exc
+            raise
 
     def _decode(
         self, sub: Subscription, records: Sequence[ConsumerRecord]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -115,15 +116,30 @@ def demo(
 
 @app.command()
 def retrain(
-    model: Annotated[str, typer.Option(help="Model name from the definitions file.")],
+    model: Annotated[str | None, typer.Option(help="Model name from the definitions file.")] = None,
     reason: Annotated[str, typer.Option(help="Why; kept with the new version.")] = "manual",
+    since: Annotated[
+        datetime | None,
+        typer.Option(help="Train only on rows as of this UTC time or later (data window)."),
+    ] = None,
+    schema: Annotated[
+        bool, typer.Option("--schema", help="Print the request's JSON schema and exit.")
+    ] = False,
 ) -> None:
     """Publish a retrain request; the retrain service trains, registers and may promote."""
+    import json
+
     from infra.kafka_tools import publish_one
     from libs.common.schemas import RetrainModel
 
+    if schema:
+        console.print_json(json.dumps(RetrainModel.model_json_schema()))
+        return
+    if model is None:
+        raise typer.BadParameter("--model is required", param_hint="--model")
     s = _settings()
-    msg = RetrainModel(model=model, reason=reason, requested_by="cli")
+    window = since.replace(tzinfo=UTC) if since is not None and since.tzinfo is None else since
+    msg = RetrainModel(model=model, reason=reason, requested_by="cli", since=window)
     asyncio.run(publish_one(s.kafka_bootstrap, s.topics.retrain, msg, key=model))
     console.print(f"retrain requested for {model!r} (request {msg.event_id}).")
 

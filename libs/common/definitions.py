@@ -114,8 +114,22 @@ class Fallback(_Strict):
 
 
 class DriftThresholds(_Strict):
-    psi: PositiveFloat = 0.2
-    min_samples: int = Field(500, ge=10)
+    """How the drift monitor decides (services/retrain/core/drift)."""
+
+    psi: PositiveFloat = Field(0.2, description="PSI effect size a drifted feature exceeds.")
+    min_samples: int = Field(500, ge=10, description="Values in each feature test window.")
+    alpha: float = Field(
+        0.01, gt=0, lt=1, description="KS significance, corrected for the number of features."
+    )
+    performance_alpha: float = Field(
+        1e-6, gt=0, lt=1, description="Per-test significance of the loss-change test."
+    )
+    min_loss_increase: PositiveFloat = Field(
+        0.1, description="Rise of mean log loss (nats) that counts as a performance drift."
+    )
+    post_change_labels: int = Field(
+        300, ge=10, description="Labels after the change point before retraining on them."
+    )
 
 
 class PromotionGates(_Strict):

@@ -19,6 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from libs.common.clients.kafka import DeadLetters, Delivery, Publisher
@@ -38,8 +39,9 @@ log = get_logger(__name__)
 
 STAGE = "retrain"
 
-Trainer = Callable[[str, str, Sequence[str]], TrainingResult]
-"""(model name, reason, request ids) -> result; blocking (runs in a worker thread)."""
+Trainer = Callable[[str, str, Sequence[str], float | None], TrainingResult]
+"""(model name, reason, request ids, data window start) -> result; blocking (runs in a
+worker thread)."""
 
 AnsweredBy = Callable[[str, str], str | None]
 """(model, request id) -> the version already registered for that request, or None."""
@@ -52,10 +54,15 @@ class TrainingJob:
     model: str
     reason: str
     delivery: Delivery[Any]
+    since: float | None = None  # data window: rows as of this time or later
 
     @property
     def request_id(self) -> str:
         return str(self.delivery.message.event_id)
+
+
+def _epoch(at: datetime | None) -> float | None:
+    return None if at is None else at.timestamp()
 
 
 def drift_reason(event: DriftDetected) -> str:
@@ -111,9 +118,14 @@ class RetrainHandlers:
         for d in batch:
             if isinstance(d.message, RetrainModel):
                 m = d.message
-                jobs.append(TrainingJob(m.model, m.reason or f"requested by {m.requested_by}", d))
+                reason = m.reason or f"requested by {m.requested_by}"
+                jobs.append(TrainingJob(m.model, reason, d, _epoch(m.since)))
             elif isinstance(d.message, DriftDetected):
-                jobs.append(TrainingJob(d.message.model, drift_reason(d.message), d))
+                e = d.message
+                # A concept drift retrains on what came after it; a feature drift on
+                # all history (the labels after a covariate shift may be few yet).
+                window = _epoch(e.change_point) if e.kind == "performance" else None
+                jobs.append(TrainingJob(e.model, drift_reason(e), d, window))
         await self._run(await self._known(jobs))
 
     async def _known(self, jobs: list[TrainingJob]) -> list[TrainingJob]:
@@ -136,12 +148,15 @@ class RetrainHandlers:
             if not asks:
                 continue
             reason = "; ".join(dict.fromkeys(j.reason for j in asks))
+            # Coalesced asks train once: on the newest window any of them asks for.
+            windows = [j.since for j in asks if j.since is not None]
+            since = max(windows) if windows else None
             with tracer().start_as_current_span(
                 "retrain.train",
                 context=extract_context(list(asks[0].delivery.headers)),
                 attributes={"model": model, "requests": len(asks)},
             ):
-                failure = await self.train(model, reason, [j.request_id for j in asks])
+                failure = await self.train(model, reason, [j.request_id for j in asks], since)
             if failure is not None:
                 await self._dead_letters.reject_many(
                     [self._dead_letters.of(j.delivery, "training_failed", failure) for j in asks]
@@ -168,7 +183,13 @@ class RetrainHandlers:
             await self._publisher.publish(self._topics.models, again, key=model)
         return out
 
-    async def train(self, model: str, reason: str, request_ids: Sequence[str] = ()) -> str | None:
+    async def train(
+        self,
+        model: str,
+        reason: str,
+        request_ids: Sequence[str] = (),
+        since: float | None = None,
+    ) -> str | None:
         """Run one training and publish what it produced.
 
         Returns:
@@ -177,7 +198,7 @@ class RetrainHandlers:
         """
         started = time.perf_counter()
         try:
-            result = await asyncio.to_thread(self._trainer, model, reason, request_ids)
+            result = await asyncio.to_thread(self._trainer, model, reason, request_ids, since)
         except NoTrainingData as exc:
             log.warning("training_skipped", model=model, reason=reason, detail=str(exc))
             TRAINING_RUNS.labels(model, "skipped").inc()

@@ -25,6 +25,7 @@ from libs.common.schemas import DriftDetected, Outcome, PredictionMade, RetrainM
 from services.retrain.bootstrap import bootstrap_models
 from services.retrain.core.results import TrainingResult
 from services.retrain.handlers import RetrainHandlers
+from services.retrain.monitoring import DriftMonitorHandlers
 from services.retrain.settings import RetrainSettings
 from services.retrain.train import train_model
 
@@ -33,6 +34,7 @@ log = get_logger(__name__)
 SERVICE = "retrain"
 TRAINER_GROUP = "retrain-trainer"
 LOG_GROUP = "retrain-log"
+MONITOR_GROUP = "retrain-monitor"
 
 
 @dataclass
@@ -94,6 +96,16 @@ def build_app(settings: RetrainSettings, *, registry: Registry | None = None) ->
             max_records=50,
         )
     )
+    monitor = DriftMonitorHandlers(definitions, kafka, t, registry.read_file)
+    kafka.subscribe(
+        Subscription(
+            name=f"{SERVICE} monitor",
+            topics={t.predictions: PredictionMade, t.outcomes: Outcome},
+            handler=monitor.on_batch,
+            group=MONITOR_GROUP,
+            max_attempts=settings.consumer_max_attempts,
+        )
+    )
     kafka.subscribe(
         Subscription(
             name=f"{SERVICE} log",
@@ -113,9 +125,16 @@ def _train(
     model: str,
     reason: str,
     request_ids: Sequence[str],
+    since: float | None,
 ) -> TrainingResult:
     return train_model(
-        settings, definitions, model, reason, registry=registry, request_ids=request_ids
+        settings,
+        definitions,
+        model,
+        reason,
+        registry=registry,
+        request_ids=request_ids,
+        since=since,
     )
 
 

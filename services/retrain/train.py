@@ -11,16 +11,19 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from libs.common.definitions import Definitions
 from libs.common.observability import get_logger
 from libs.common.offline import OfflineStore
-from libs.common.registry import MlflowRegistry, Registry, request_tags
+from libs.common.registry import DRIFT_REFERENCE, MlflowRegistry, Registry, request_tags
 from services.retrain.adapters.ray_data import build_training_frame
-from services.retrain.core.dataset import JoinSpec
+from services.retrain.core.dataset import TS, JoinSpec
+from services.retrain.core.drift.reference import PREDICTION, DriftReference
 from services.retrain.core.promotion import decide
 from services.retrain.core.results import TrainingResult
 from services.retrain.core.training import TrainedModel, holdout_auc, train_booster
-from services.retrain.errors import UnknownModel
+from services.retrain.errors import NoTrainingData, UnknownModel
 from services.retrain.settings import RetrainSettings
 
 log = get_logger(__name__)
@@ -47,6 +50,15 @@ def _champion_auc(
     return (None if recorded is None else float(recorded)), "recorded"
 
 
+def drift_reference(trained: TrainedModel, frame: pd.DataFrame) -> DriftReference:
+    """The version's drift reference: its training inputs and the scores it gives them."""
+    inputs = frame[trained.columns]
+    scores = trained.booster.predict(inputs.to_numpy())
+    return DriftReference.of(
+        {**{c: inputs[c].to_numpy() for c in trained.columns}, PREDICTION: scores}
+    )
+
+
 def train_model(
     settings: RetrainSettings,
     definitions: Definitions,
@@ -56,6 +68,7 @@ def train_model(
     registry: Registry | None = None,
     offline_root: str | Path | None = None,
     request_ids: Sequence[str] = (),
+    since: float | None = None,
 ) -> TrainingResult:
     """Train `model_name` on the offline store, register the version, promote if it passes.
 
@@ -71,6 +84,9 @@ def train_model(
         offline_root: the offline store to read; `settings.offline_dir` when None.
         request_ids: event ids of the requests this run answers; tagged on the version
             so a redelivered request finds it (`Registry.version_for_request`).
+        since: train only on rows as of this time (epoch seconds) or later: the data
+            window after a drift's change point. The synthetic bootstrap history is
+            never part of a windowed run.
 
     Returns:
         The registered version, its metrics and the promotion decision.
@@ -86,7 +102,7 @@ def train_model(
     registry = registry or MlflowRegistry.from_settings(settings)
     include = (
         [settings.bootstrap_dir]
-        if offline_root is None and (settings.includes_bootstrap_history)
+        if offline_root is None and settings.includes_bootstrap_history and since is None
         else []
     )
     store = OfflineStore(offline_root or settings.offline_dir, include=include)
@@ -96,6 +112,10 @@ def train_model(
     frame = build_training_frame(
         store, JoinSpec.of(definitions, model_name), partitions=settings.shuffle_partitions
     )
+    if since is not None:
+        frame = frame[frame[TS] >= since].reset_index(drop=True)
+        if frame.empty:
+            raise NoTrainingData(f"no labelled rows of {model_name} as of {since} or later")
     timings["join_s"] = time.perf_counter() - started
 
     t = time.perf_counter()
@@ -124,8 +144,10 @@ def train_model(
             "data": store.root,
             "promotion": decision.summary[:5000],
             **request_tags(request_ids),
+            **({"window_since": str(since)} if since is not None else {}),
         },
         example=trained.holdout[trained.columns].head(5),
+        files={DRIFT_REFERENCE: drift_reference(trained, frame).to_json()},
     )
     if decision.promote:
         registry.promote(model_name, version)

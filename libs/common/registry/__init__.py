@@ -4,7 +4,13 @@ Models are stored and loaded only as LightGBM's text file, checked against the
 sha256 recorded on the version; no pickle-capable loader is ever used.
 """
 
-from libs.common.registry.aliases import CHALLENGER, CHAMPION, MODEL_FILE, PREVIOUS_CHAMPION
+from libs.common.registry.aliases import (
+    CHALLENGER,
+    CHAMPION,
+    DRIFT_REFERENCE,
+    MODEL_FILE,
+    PREVIOUS_CHAMPION,
+)
 from libs.common.registry.mlflow import (
     AliasMove,
     MlflowRegistry,
@@ -17,6 +23,7 @@ from libs.common.registry.mlflow import (
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
+    "DRIFT_REFERENCE",
     "MODEL_FILE",
     "PREVIOUS_CHAMPION",
     "AliasMove",

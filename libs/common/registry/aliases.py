@@ -11,3 +11,4 @@ MODEL_ARTIFACT_DIR = "model"
 SHA256_TAG = "model_sha256"
 REQUEST_TAG_PREFIX = "request."
 EXPERIMENT_PREFIX = "signalops-"
+DRIFT_REFERENCE = "drift_reference.json"  # quantile bins of the training set (monitor)

@@ -84,6 +84,7 @@ class Registry(Protocol):
         metrics: dict[str, float],
         tags: dict[str, str],
         example: pd.DataFrame | None = None,
+        files: dict[str, str] | None = None,
     ) -> str: ...
 
     def promote(self, model: str, version: str) -> AliasMove: ...
@@ -101,6 +102,8 @@ class Registry(Protocol):
     def version_for_request(self, model: str, request_id: str) -> str | None: ...
 
     def version_of(self, model: str, alias: str) -> str | None: ...
+
+    def read_file(self, model: str, version: str, name: str) -> str | None: ...
 
 
 class MlflowRegistry:
@@ -163,6 +166,7 @@ class MlflowRegistry:
         metrics: dict[str, float],
         tags: dict[str, str],
         example: pd.DataFrame | None = None,
+        files: dict[str, str] | None = None,
     ) -> str:
         """Log a run with params and metrics, and register its booster as a new version.
 
@@ -176,6 +180,8 @@ class MlflowRegistry:
             metrics: holdout metrics to log (NaN values are skipped).
             tags: set on the run and on the new version (e.g. reason, training_rows).
             example: a few input rows; their column order is recorded on the run.
+            files: text files stored next to the model (name -> content), e.g. the
+                drift reference; read back with `read_file`.
 
         Returns:
             The new version number, as a string.
@@ -194,6 +200,10 @@ class MlflowRegistry:
                 booster.save_model(str(path))
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
                 client.log_artifact(run_id, str(path), artifact_path=MODEL_ARTIFACT_DIR)
+                for name, text in (files or {}).items():
+                    extra = Path(tmp) / name
+                    extra.write_text(text)
+                    client.log_artifact(run_id, str(extra), artifact_path=MODEL_ARTIFACT_DIR)
             if example is not None and not example.empty:
                 client.set_tag(run_id, "input_columns", ",".join(map(str, example.columns)))
             client.set_terminated(run_id)
@@ -333,6 +343,25 @@ class MlflowRegistry:
         if self._store_missing():
             return []
         return sorted(m.name for m in self._client.search_registered_models())
+
+    def read_file(self, model: str, version: str, name: str) -> str | None:
+        """A text file stored with a version (`register(files=...)`), or None."""
+        from mlflow.artifacts import download_artifacts
+        from mlflow.exceptions import MlflowException
+
+        location = self._client.get_model_version_download_uri(model, str(version))
+        with tempfile.TemporaryDirectory(prefix="signalops-file-") as tmp:
+            try:
+                path = Path(
+                    download_artifacts(
+                        artifact_uri=f"{location.rstrip('/')}/{name}",
+                        dst_path=tmp,
+                        tracking_uri=self.tracking_uri,
+                    )
+                )
+            except (MlflowException, OSError):
+                return None
+            return path.read_text() if path.is_file() else None
 
     def load_booster(self, model: str, version: str) -> lgb.Booster:
         """The booster of a version (or of an alias such as "champion").

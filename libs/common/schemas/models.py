@@ -4,18 +4,29 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from libs.common.schemas.base import Message
 
 
 class DriftDetected(Message):
+    """One drift of one model version, published once (the monitor debounces).
+
+    `kind` says what drifted: a feature's distribution, the model's scores, or its
+    performance on late labels (a concept drift). `change_point` estimates when the
+    change began; retraining can train on labels since then.
+    """
+
     model: str
     version: str | None = None
-    feature: str
-    statistic: str = Field(examples=["psi"])
+    kind: Literal["feature", "prediction", "performance"] = "feature"
+    feature: str = Field(examples=["device_stats.temperature_mean_1h", "log_loss"])
+    statistic: str = Field(examples=["psi", "mann_whitney_log_loss"])
     value: float
     threshold: float
+    p_value: float | None = None
+    window: int | None = Field(None, description="Values (or labels) the test looked at.")
+    change_point: AwareDatetime | None = None
 
 
 class ModelChanged(Message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,10 +15,12 @@ from libs.common.definitions import load_definitions
 from libs.common.errors import RollbackUnavailable
 from libs.common.features import model_columns
 from libs.common.offline import OfflineStore
-from libs.common.registry import MlflowRegistry
+from libs.common.registry import DRIFT_REFERENCE, MlflowRegistry
 from libs.common.schemas import utcnow
 from services.retrain.admin import promote_version, rollback_model
 from services.retrain.bootstrap import bootstrap_models, bootstrap_root, write_synthetic_history
+from services.retrain.core.drift.reference import PREDICTION, DriftReference
+from services.retrain.errors import NoTrainingData
 from services.retrain.train import train_model
 
 
@@ -94,6 +97,20 @@ def test_train_model_on_the_offline_store_registers_version_2(retrain_settings) 
     assert versions["2"].tags["reason"] == "weekly refresh"
     assert versions["2"].metrics["rows"] == 2400
     assert set(result.timings) == {"join_s", "train_s", "register_s", "total_s"}
+    # The drift reference of the training set is stored with the version.
+    text = registry.read_file(name, "2", DRIFT_REFERENCE)
+    assert text is not None
+    reference = DriftReference.from_json(text)
+    columns = model_columns(definitions.model(name))
+    assert set(reference.columns) == {*columns, PREDICTION}
+    assert all(abs(sum(r.shares) - 1.0) < 1e-9 for r in reference.columns.values())
+
+    # A window since a time after all of this data: nothing to train on, nothing registered.
+    with pytest.raises(NoTrainingData, match="as of"):
+        train_model(
+            settings, definitions, name, "window", registry=registry, since=time.time() + 86400
+        )
+    assert {v.version for v in registry.list_versions(name)} == {"1", "2"}
 
 
 async def test_promote_and_rollback_move_the_champion(retrain_settings) -> None:  # type: ignore[no-untyped-def]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -40,12 +41,16 @@ class FakeTrainer:
     def __init__(self, error: Exception | None = None, promote: bool = True) -> None:
         self.calls: list[tuple[str, str]] = []
         self.request_ids: list[list[str]] = []
+        self.windows: list[float | None] = []
         self.error = error
         self.promote = promote
 
-    def __call__(self, model: str, reason: str, request_ids: Sequence[str]) -> TrainingResult:
+    def __call__(
+        self, model: str, reason: str, request_ids: Sequence[str], since: float | None
+    ) -> TrainingResult:
         self.calls.append((model, reason))
         self.request_ids.append(list(request_ids))
+        self.windows.append(since)
         if self.error is not None:
             raise self.error
         return TrainingResult(
@@ -245,3 +250,26 @@ async def test_outcomes_and_predictions_land_in_the_offline_store(
     [pred] = store.read(PREDICTIONS).to_pylist()
     assert (pred["event_id"], pred["model"], pred["version"]) == ("p1", "default", "2")
     assert t.dlq not in publisher.messages
+
+
+async def test_drift_change_point_becomes_the_data_window(settings: RetrainSettings) -> None:
+    """A performance drift trains on rows since its change point; coalesced with a
+    request for all history, the run takes the newest window asked for."""
+    trainer = FakeTrainer()
+    change = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    drift = DriftDetected(
+        model="default",
+        kind="performance",
+        feature="log_loss",
+        statistic="mann_whitney_log_loss",
+        value=0.9,
+        threshold=0.1,
+        change_point=change,
+    )
+    await _handlers(settings, trainer, MemoryPublisher()).on_trainer_batch(
+        [
+            _record(settings.topics.retrain, RetrainModel(model="default"), 0),
+            _record(settings.topics.drift, drift, 0),
+        ]
+    )
+    assert trainer.windows == [change.timestamp()]

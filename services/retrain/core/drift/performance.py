@@ -68,6 +68,10 @@ class LossChangeDetector:
         self.labels = 0
         self.alarm: PerformanceAlarm | None = None
 
+    def labels_since(self, at: float) -> int:
+        """Buffered labels at or after time `at`."""
+        return sum(1 for t in self._at if t >= at)
+
     def add(self, loss: float, at: float) -> PerformanceAlarm | None:
         """Add one label's loss; returns the alarm the first time the test fires."""
         self._loss.append(loss)

@@ -1,0 +1,225 @@
+"""The drift monitor of one model: predictions and late labels in, drift events out.
+
+Per serving version it keeps a feature-drift monitor (inputs logged with each
+prediction against the version's training reference), a prediction-drift monitor
+(its scores), a loss-change detector (champion answers joined to their labels) and
+rolling metrics per variant. Each drift is reported once per version; a performance
+drift is reported only after `post_change_labels` labels since its change point, so
+the retraining it triggers has data from after the change to learn from.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from libs.common.schemas import DriftDetected, Outcome, PredictionMade
+from services.retrain.core.drift.features import (
+    FeatureAlarm,
+    FeatureDriftMonitor,
+    FeatureDriftPolicy,
+)
+from services.retrain.core.drift.performance import (
+    LossChangeDetector,
+    PerformanceAlarm,
+    PerformancePolicy,
+    RollingWindow,
+    log_loss,
+)
+from services.retrain.core.drift.reference import PREDICTION, DriftReference
+
+
+@dataclass(frozen=True)
+class MonitorPolicy:
+    features: FeatureDriftPolicy = field(default_factory=FeatureDriftPolicy)
+    performance: PerformancePolicy = field(default_factory=PerformancePolicy)
+    max_predictions: int = 200_000  # predictions kept for joining late labels
+
+
+@dataclass(frozen=True)
+class _Served:
+    version: str
+    variant: str
+    score: float
+
+
+@dataclass
+class VersionState:
+    version: str
+    inputs: FeatureDriftMonitor | None
+    scores: FeatureDriftMonitor | None
+    loss: LossChangeDetector
+    rolling: dict[str, RollingWindow] = field(default_factory=dict)
+    pending: PerformanceAlarm | None = None
+    post_change: int = 0
+    reported: bool = False
+
+
+@dataclass
+class JoinCounts:
+    joined: int = 0
+    by_entity: int = 0
+    waiting: int = 0  # labels read before their prediction, parked until it arrives
+    unjoined: int = 0  # labels whose prediction never came (evicted) or was not named
+    invalid_label: int = 0
+
+
+class ModelMonitor:
+    """Drift state of one model across its serving versions."""
+
+    def __init__(self, model: str, policy: MonitorPolicy) -> None:
+        self.model = model
+        self.policy = policy
+        self.versions: dict[str, VersionState] = {}
+        self.references: dict[str, DriftReference | None] = {}
+        self.counts = JoinCounts()
+        self._served: OrderedDict[str, _Served] = OrderedDict()
+        self._latest_of_entity: dict[str, str] = {}
+        # Two topics are read in no fixed order: a label can come before its prediction.
+        self._waiting: OrderedDict[str, Outcome] = OrderedDict()
+
+    def needs_reference(self, version: str) -> bool:
+        return version not in self.references
+
+    def set_reference(self, version: str, reference: DriftReference | None) -> None:
+        """The version's training reference (None: none stored; feature drift is off)."""
+        self.references[version] = reference
+
+    def _state(self, version: str) -> VersionState:
+        state = self.versions.get(version)
+        if state is None:
+            ref = self.references.get(version)
+            inputs = scores = None
+            if ref is not None:
+                columns = {c: r for c, r in ref.columns.items() if c != PREDICTION}
+                inputs = FeatureDriftMonitor(DriftReference(columns), self.policy.features)
+                if PREDICTION in ref.columns:
+                    scores = FeatureDriftMonitor(
+                        DriftReference({PREDICTION: ref.columns[PREDICTION]}),
+                        self.policy.features,
+                    )
+            state = VersionState(
+                version, inputs, scores, LossChangeDetector(self.policy.performance)
+            )
+            self.versions[version] = state
+        return state
+
+    # predictions -------------------------------------------------------------------
+    def on_prediction(self, p: PredictionMade) -> list[DriftDetected]:
+        self._remember(p)
+        early = self._waiting.pop(p.event_id, None)
+        if early is not None:
+            self.counts.waiting -= 1
+        if p.model.variant != "champion":
+            return self.on_outcome(early) if early is not None else []
+        state = self._state(p.model.version)
+        at = p.event_time.timestamp()
+        events = []
+        if state.inputs is not None:
+            events += [
+                self._feature_event(a, state, "feature") for a in state.inputs.add(p.features, at)
+            ]
+        if state.scores is not None:
+            events += [
+                self._feature_event(a, state, "prediction")
+                for a in state.scores.add({PREDICTION: p.score}, at)
+            ]
+        if early is not None:
+            events += self.on_outcome(early)
+        return events
+
+    def _remember(self, p: PredictionMade) -> None:
+        self._served[p.event_id] = _Served(p.model.version, p.model.variant, p.score)
+        self._latest_of_entity[p.entity_id] = p.event_id
+        while len(self._served) > self.policy.max_predictions:
+            self._served.popitem(last=False)
+        if len(self._latest_of_entity) > self.policy.max_predictions:
+            self._latest_of_entity = {
+                e: i for e, i in self._latest_of_entity.items() if i in self._served
+            }
+
+    # labels ------------------------------------------------------------------------
+    def on_outcome(self, o: Outcome) -> list[DriftDetected]:
+        """Join a label to the prediction it names (else the entity's latest one)."""
+        if o.label not in (0.0, 1.0):
+            self.counts.invalid_label += 1
+            return []
+        served = self._served.get(o.prediction_id) if o.prediction_id else None
+        if served is not None:
+            self.counts.joined += 1
+        elif o.prediction_id is None and o.entity_id in self._latest_of_entity:
+            served = self._served.get(self._latest_of_entity[o.entity_id])
+            if served is not None:
+                self.counts.by_entity += 1
+        if served is None and o.prediction_id:
+            self._waiting[o.prediction_id] = o
+            self.counts.waiting += 1
+            if len(self._waiting) > self.policy.max_predictions:
+                self._waiting.popitem(last=False)
+                self.counts.waiting -= 1
+                self.counts.unjoined += 1
+            return []
+        if served is None:
+            self.counts.unjoined += 1
+            return []
+        if served.variant == "fallback":
+            return []  # no model answered it: nothing to judge
+        state = self._state(served.version)
+        state.rolling.setdefault(served.variant, RollingWindow()).add(o.label, served.score)
+        if served.variant != "champion":
+            return []
+        at = o.event_time.timestamp()
+        alarm = state.loss.add(log_loss(o.label, served.score), at)
+        if alarm is not None:
+            state.pending = alarm
+            state.post_change = state.loss.labels_since(alarm.change_at)
+        elif state.pending is not None and at >= state.pending.change_at:
+            state.post_change += 1
+        if (
+            state.pending is not None
+            and not state.reported
+            and state.post_change >= self.policy.performance.post_change_labels
+        ):
+            state.reported = True
+            return [self._performance_event(state.pending, state)]
+        return []
+
+    # events ------------------------------------------------------------------------
+    def _feature_event(
+        self, a: FeatureAlarm, state: VersionState, kind: Literal["feature", "prediction"]
+    ) -> DriftDetected:
+        return DriftDetected(
+            model=self.model,
+            version=state.version,
+            kind=kind,
+            feature=a.column,
+            statistic="psi",
+            value=a.psi,
+            threshold=a.threshold,
+            p_value=a.p_value,
+            window=a.window,
+            change_point=datetime.fromtimestamp(a.since, UTC),
+        )
+
+    def _performance_event(self, a: PerformanceAlarm, state: VersionState) -> DriftDetected:
+        p = self.policy.performance
+        return DriftDetected(
+            model=self.model,
+            version=state.version,
+            kind="performance",
+            feature="log_loss",
+            statistic="mann_whitney_log_loss",
+            value=a.recent_loss,
+            threshold=a.reference_loss + p.min_increase,
+            p_value=a.p_value,
+            window=p.window,
+            change_point=datetime.fromtimestamp(a.change_at, UTC),
+        )
+
+    def rolling(self) -> Mapping[tuple[str, str], RollingWindow]:
+        return {
+            (v, variant): w for v, s in self.versions.items() for variant, w in s.rolling.items()
+        }

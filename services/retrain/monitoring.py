@@ -1,0 +1,156 @@
+"""The drift monitor's adapter: predictions and outcomes in, drift events out.
+
+    predictions (PredictionMade) + outcomes (Outcome), group "retrain-monitor"
+        -> ModelMonitor per model (services/retrain/core/drift) -> drift.events
+
+References are read from the registry (the file stored with each version) the
+first time a version is seen. Monitor state lives in memory: after a restart it is
+rebuilt from the records consumed since then. Drift event ids derive from model,
+version, kind and feature, so a drift re-detected after a restart is the same
+request to the trainer, which trains a version for it once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from libs.common.clients.kafka import Delivery, Publisher
+from libs.common.definitions import Definitions, ModelDefinition
+from libs.common.observability import get_logger
+from libs.common.registry import DRIFT_REFERENCE
+from libs.common.resilience import Policy
+from libs.common.schemas import DriftDetected, Outcome, PredictionMade, stable_id
+from libs.common.settings import Topics
+from services.retrain.core.drift.features import FeatureDriftPolicy
+from services.retrain.core.drift.monitor import ModelMonitor, MonitorPolicy
+from services.retrain.core.drift.performance import PerformancePolicy
+from services.retrain.core.drift.reference import DriftReference
+from services.retrain.metrics import (
+    DRIFT_EVENTS,
+    DRIFT_KS_PVALUE,
+    DRIFT_PSI,
+    LABELS_JOINED,
+    ROLLING,
+)
+
+log = get_logger(__name__)
+
+ReadFile = Callable[[str, str, str], str | None]
+"""(model, version, file name) -> the text stored with the version, or None."""
+
+
+def monitor_policy(model: ModelDefinition) -> MonitorPolicy:
+    """The model's drift thresholds from the definitions, as monitor policies."""
+    d = model.drift
+    return MonitorPolicy(
+        features=FeatureDriftPolicy(
+            window=d.min_samples,
+            check_every=max(25, d.min_samples // 4),
+            psi_threshold=d.psi,
+            alpha=d.alpha,
+        ),
+        performance=PerformancePolicy(
+            alpha=d.performance_alpha,
+            min_increase=d.min_loss_increase,
+            post_change_labels=d.post_change_labels,
+        ),
+    )
+
+
+class DriftMonitorHandlers:
+    def __init__(
+        self,
+        definitions: Definitions,
+        publisher: Publisher,
+        topics: Topics,
+        read_file: ReadFile,
+    ) -> None:
+        self.monitors = {
+            m.name: ModelMonitor(m.name, monitor_policy(m)) for m in definitions.models
+        }
+        self._publisher = publisher
+        self._topics = topics
+        self._read_file = read_file
+        self._registry = Policy("mlflow", timeout_s=30.0, attempts=3)
+
+    async def on_batch(self, batch: list[Delivery[Any]]) -> None:
+        """Feed the batch in order to the model monitors; publish the drifts they find."""
+        events: list[DriftDetected] = []
+        # Predictions first: a batch interleaves the two topics arbitrarily, and a label
+        # read before its prediction could not be joined.
+        ordered = sorted(batch, key=lambda d: not isinstance(d.message, PredictionMade))
+        for d in ordered:
+            message = d.message
+            if isinstance(message, PredictionMade):
+                monitor = self.monitors.get(message.model.name)
+                if monitor is None:
+                    continue
+                if message.model.variant != "fallback" and monitor.needs_reference(
+                    message.model.version
+                ):
+                    await self._load_reference(monitor, message.model.version)
+                events += monitor.on_prediction(message)
+            elif isinstance(message, Outcome):
+                monitor = self.monitors.get(message.model)
+                if monitor is not None:
+                    events += monitor.on_outcome(message)
+        if events:
+            await self._publisher.publish_many(
+                [(self._topics.drift, _with_stable_id(e), e.model) for e in events]
+            )
+            for e in events:
+                DRIFT_EVENTS.labels(e.model, e.kind).inc()
+                log.warning(
+                    "drift_detected",
+                    model=e.model,
+                    version=e.version,
+                    kind=e.kind,
+                    feature=e.feature,
+                    value=round(e.value, 4),
+                    threshold=round(e.threshold, 4),
+                    change_point=e.change_point.isoformat() if e.change_point else None,
+                )
+        self._export()
+
+    async def _load_reference(self, monitor: ModelMonitor, version: str) -> None:
+        text = await self._registry.call_blocking(
+            self._read_file, monitor.model, version, DRIFT_REFERENCE
+        )
+        reference = DriftReference.from_json(text) if text else None
+        if reference is None:
+            log.warning("drift_reference_missing", model=monitor.model, version=version)
+        monitor.set_reference(version, reference)
+
+    def _export(self) -> None:
+        for name, monitor in self.monitors.items():
+            counts = monitor.counts
+            for how, n in vars(counts).items():
+                LABELS_JOINED.labels(name, how).set(n)
+            for version, state in monitor.versions.items():
+                for detector in (state.inputs, state.scores):
+                    if detector is None:
+                        continue
+                    for column, check in detector.last.items():
+                        DRIFT_PSI.labels(name, version, column).set(check.psi)
+                        DRIFT_KS_PVALUE.labels(name, version, column).set(check.p_value)
+            for (version, variant), window in monitor.rolling().items():
+                metrics = window.metrics()
+                if metrics is None:
+                    continue
+                for metric, value in _as_dict(metrics).items():
+                    if not math.isnan(value):
+                        ROLLING.labels(name, version, variant, metric).set(value)
+
+
+def _as_dict(metrics: Any) -> Mapping[str, float]:
+    return {k: float(v) for k, v in vars(metrics).items()}
+
+
+def _with_stable_id(event: DriftDetected) -> DriftDetected:
+    return event.model_copy(
+        update={
+            "event_id": stable_id("drift", event.model, event.version, event.kind, event.feature)
+        }
+    )

@@ -21,7 +21,9 @@ app = typer.Typer(
 models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters: list and replay.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+drift_app = typer.Typer(help="The drift monitor: what it measures per model.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(drift_app, name="drift")
 console = Console()
 
 
@@ -189,6 +191,61 @@ def models_rollback(name: str) -> None:
     except SignalopsError as exc:
         raise _fail(exc) from None
     console.print(f"{name} rolled back to version {move.version} (was {move.previous}).")
+
+
+@drift_app.command("status")
+def drift_status(
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+) -> None:
+    """Rolling performance per version and variant, and each input's last PSI and KS
+    p-value, as the retrain service's monitor exports them (its /metrics)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    s = _settings()
+    url = f"http://127.0.0.1:{s.retrain_metrics_port}/metrics"
+    try:
+        text = httpx.get(url, timeout=5).text
+    except httpx.HTTPError as exc:
+        raise _fail(
+            SignalopsError(f"the retrain service does not answer at {url}: {exc}")
+        ) from None
+    rolling: dict[tuple[str, str, str], dict[str, float]] = {}
+    drift: dict[tuple[str, str, str], dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if model is not None and labels.get("model") != model:
+                continue
+            if sample.name == "signalops_model_rolling":
+                key = (labels["model"], labels["version"], labels["variant"])
+                rolling.setdefault(key, {})[labels["metric"]] = sample.value
+            elif sample.name in ("signalops_drift_psi", "signalops_drift_ks_pvalue"):
+                key = (labels["model"], labels["version"], labels["feature"])
+                drift.setdefault(key, {})[sample.name.rsplit("_", 1)[-1]] = sample.value
+    table = Table("model", "version", "variant", "labels", "accuracy", "log loss", "auc", "calib.")
+    for (m, v, variant), r in sorted(rolling.items()):
+        table.add_row(
+            m,
+            v,
+            variant,
+            f"{r.get('labels', 0):.0f}",
+            *(
+                f"{r[k]:.3f}" if k in r else "-"
+                for k in ("accuracy", "log_loss", "auc", "calibration")
+            ),
+        )
+    console.print(table)
+    inputs = Table("model", "version", "input", "psi", "ks p-value")
+    for (m, v, feature), d in sorted(drift.items()):
+        inputs.add_row(
+            m,
+            v,
+            feature,
+            f"{d.get('psi', float('nan')):.3f}",
+            f"{d.get('pvalue', float('nan')):.2g}",
+        )
+    console.print(inputs)
 
 
 @dlq_app.command("list")

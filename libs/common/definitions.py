@@ -133,9 +133,18 @@ class DriftThresholds(_Strict):
 
 
 class PromotionGates(_Strict):
-    """A new version becomes champion only if it passes these on its holdout."""
+    """A new version becomes champion only if it passes these on its (newest) holdout.
 
-    min_auc: float = Field(0.6, ge=0.0, le=1.0)
+    The gates are relative, so a model that decayed with the world can be replaced:
+    the candidate must beat the fallback (AUC above 0.5 by `min_auc_lift`, log loss
+    below the constant base-rate prior) and not be worse than the champion scored on
+    the same holdout. `min_auc` adds an absolute floor only when set.
+    """
+
+    min_auc: float | None = Field(None, ge=0.0, le=1.0, description="Optional absolute floor.")
+    min_auc_lift: float = Field(
+        0.02, ge=0.0, le=0.5, description="AUC the candidate must gain over the fallback's 0.5."
+    )
     min_rows: int = Field(200, ge=10)
 
 

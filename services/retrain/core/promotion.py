@@ -35,7 +35,10 @@ def decide(
 
     The rule: promote iff all of
       1. `rows >= gates.min_rows` (labelled rows the candidate was trained and tested on);
-      2. `auc >= gates.min_auc` (holdout AUC; a NaN AUC, a one-class holdout, fails);
+      2. it beats the fallback: `auc >= 0.5 + gates.min_auc_lift` (a constant score has
+         AUC 0.5; a NaN AUC, a one-class holdout, fails) and its log loss is below the
+         constant base-rate prior's (when "positive_rate" is known);
+      2b. `auc >= gates.min_auc` when that absolute floor is set;
       3. when a champion exists and its AUC is known:
          `auc >= champion_auc - tolerance`, i.e. not worse than the champion by more
          than `tolerance` (a small slack so equal models on noisy holdouts still roll).
@@ -64,14 +67,30 @@ def decide(
         ok = False
         reasons.append(f"rows {rows} < min_rows {gates.min_rows}")
 
+    floor = 0.5 + gates.min_auc_lift
     if math.isnan(auc):
         ok = False
         reasons.append("auc undefined (holdout has one class)")
-    elif auc >= gates.min_auc:
-        reasons.append(f"auc {auc:.4f} >= min_auc {gates.min_auc}")
+    elif auc >= floor:
+        reasons.append(f"auc {auc:.4f} >= fallback 0.5 + lift {gates.min_auc_lift}")
     else:
         ok = False
-        reasons.append(f"auc {auc:.4f} < min_auc {gates.min_auc}")
+        reasons.append(f"auc {auc:.4f} < fallback 0.5 + lift {gates.min_auc_lift}")
+    if gates.min_auc is not None and not math.isnan(auc):
+        if auc >= gates.min_auc:
+            reasons.append(f"auc {auc:.4f} >= min_auc {gates.min_auc}")
+        else:
+            ok = False
+            reasons.append(f"auc {auc:.4f} < min_auc {gates.min_auc}")
+
+    rate, loss = metrics.get("positive_rate"), metrics.get("log_loss")
+    if rate is not None and loss is not None and 0.0 < rate < 1.0 and not math.isnan(loss):
+        prior = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+        if loss < prior:
+            reasons.append(f"log_loss {loss:.4f} < base-rate prior {prior:.4f}")
+        else:
+            ok = False
+            reasons.append(f"log_loss {loss:.4f} >= base-rate prior {prior:.4f}")
 
     if champion_auc is None or math.isnan(champion_auc):
         reasons.append("no champion auc to beat")

@@ -40,5 +40,33 @@ def test_every_failed_gate_is_reported() -> None:
     """Several failing gates are all listed, not only the first."""
     decision = decide({"rows": 10, "auc": 0.4}, GATES, champion_auc=0.9)
     assert not decision.promote
-    assert len([r for r in decision.reasons if "<" in r]) == 3
+    # rows, fallback lift, absolute floor, champion
+    assert len([r for r in decision.reasons if "<" in r]) == 4
     assert decision.summary.startswith("not promoted: ")
+
+
+RELATIVE = PromotionGates(min_rows=200)  # the default: no absolute floor
+
+
+def test_a_decayed_champion_is_replaced_by_a_better_candidate() -> None:
+    """After a drift the champion scores 0.532 on the new holdout; a candidate at 0.549
+    beats it and the fallback, so it is promoted (an absolute 0.6 floor kept the worse
+    model before)."""
+    metrics = {"rows": 1000, "auc": 0.549, "log_loss": 0.68, "positive_rate": 0.5}
+    decision = decide(metrics, RELATIVE, champion_auc=0.532, champion_basis="same-holdout")
+    assert decision.promote, decision.reasons
+
+
+@pytest.mark.parametrize(
+    ("metrics", "reason"),
+    [
+        ({"rows": 1000, "auc": 0.51, "log_loss": 0.6, "positive_rate": 0.5}, "< fallback 0.5"),
+        ({"rows": 1000, "auc": 0.8, "log_loss": 0.75, "positive_rate": 0.5}, ">= base-rate prior"),
+    ],
+)
+def test_a_candidate_must_beat_the_fallback(metrics: dict[str, float], reason: str) -> None:
+    """No better than a constant score (AUC 0.5 + lift) or than the base-rate prior in
+    log loss (ln 2 = 0.693 at a 50% rate): not promoted, with the reason."""
+    decision = decide(metrics, RELATIVE, champion_auc=None)
+    assert not decision.promote
+    assert any(reason in r for r in decision.reasons), decision.reasons

@@ -130,6 +130,9 @@ class DriftThresholds(_Strict):
     post_change_labels: int = Field(
         300, ge=10, description="Labels after the change point before retraining on them."
     )
+    refit_labels: int = Field(
+        1200, ge=10, description="Labels after the change point before a second retrain."
+    )
 
 
 class PromotionGates(_Strict):

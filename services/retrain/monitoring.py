@@ -56,6 +56,7 @@ def monitor_policy(model: ModelDefinition) -> MonitorPolicy:
             min_increase=d.min_loss_increase,
             post_change_labels=d.post_change_labels,
         ),
+        refit_labels=d.refit_labels,
     )
 
 

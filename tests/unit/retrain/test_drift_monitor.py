@@ -70,7 +70,10 @@ def test_concept_drift_is_one_performance_event_after_the_post_change_labels() -
     monitor = _monitor(rng)
     assert _stream(monitor, rng, 0, 5000, flip=False) == []
     events = _stream(monitor, rng, 5000, 3000, flip=True)
-    [event] = events
+    # The drift, then (1,200 labels after the change point) the refit on more data.
+    event, refit = events
+    assert (refit.statistic, refit.change_point) == ("refit_after_drift", event.change_point)
+    assert refit.value >= MonitorPolicy().refit_labels
     assert (event.kind, event.feature, event.version) == ("performance", "log_loss", "1")
     assert event.change_point is not None
     assert abs((event.change_point - (T0 + timedelta(seconds=5000))).total_seconds()) <= 60

@@ -37,6 +37,9 @@ class MonitorPolicy:
     features: FeatureDriftPolicy = field(default_factory=FeatureDriftPolicy)
     performance: PerformancePolicy = field(default_factory=PerformancePolicy)
     max_predictions: int = 200_000  # predictions kept for joining late labels
+    # After a concept drift, retrain once more when this many labels since the change
+    # point have arrived: the first retrain had only `post_change_labels` to learn from.
+    refit_labels: int = 1200
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,15 @@ class VersionState:
     pending: PerformanceAlarm | None = None
     post_change: int = 0
     reported: bool = False
+
+
+@dataclass
+class _Refit:
+    """The follow-up retrain after a concept drift: counts labels since its change point."""
+
+    change_at: float
+    labels: int = 0
+    done: bool = False
 
 
 @dataclass
@@ -80,6 +92,7 @@ class ModelMonitor:
         self._latest_of_entity: dict[str, str] = {}
         # Two topics are read in no fixed order: a label can come before its prediction.
         self._waiting: OrderedDict[str, Outcome] = OrderedDict()
+        self._refit: _Refit | None = None
 
     def needs_reference(self, version: str) -> bool:
         return version not in self.references
@@ -167,10 +180,11 @@ class ModelMonitor:
             return []
         if served.variant == "fallback":
             return []  # no model answered it: nothing to judge
+        refit = self._count_for_refit(o, served.version)
         state = self._state(served.version)
         state.rolling.setdefault(served.variant, RollingWindow()).add(o.label, served.score)
         if served.variant != "champion":
-            return []
+            return refit
         at = o.event_time.timestamp()
         alarm = state.loss.add(log_loss(o.label, served.score), at)
         if alarm is not None:
@@ -184,8 +198,32 @@ class ModelMonitor:
             and state.post_change >= self.policy.performance.post_change_labels
         ):
             state.reported = True
-            return [self._performance_event(state.pending, state)]
-        return []
+            if self._refit is None or state.pending.change_at > self._refit.change_at:
+                self._refit = _Refit(state.pending.change_at, state.post_change)
+            return [*refit, self._performance_event(state.pending, state)]
+        return refit
+
+    def _count_for_refit(self, o: Outcome, version: str) -> list[DriftDetected]:
+        refit = self._refit
+        if refit is None or refit.done or o.event_time.timestamp() < refit.change_at:
+            return []
+        refit.labels += 1
+        if refit.labels < self.policy.refit_labels:
+            return []
+        refit.done = True
+        return [
+            DriftDetected(
+                model=self.model,
+                version=version,
+                kind="performance",
+                feature="labels_since_change",
+                statistic="refit_after_drift",
+                value=float(refit.labels),
+                threshold=float(self.policy.refit_labels),
+                window=refit.labels,
+                change_point=datetime.fromtimestamp(refit.change_at, UTC),
+            )
+        ]
 
     # events ------------------------------------------------------------------------
     def _feature_event(

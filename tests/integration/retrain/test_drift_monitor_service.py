@@ -2,7 +2,7 @@
 
 A version is registered with its drift reference; its predictions and their labels
 travel through Kafka; after a concept drift (the labelling flips, the features do
-not) the monitor publishes one performance drift event with the change point.
+not) the monitor publishes a performance drift event with the change point, then its refit.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from services.retrain.core.drift.reference import PREDICTION, DriftReference
 from services.retrain.monitoring import DriftMonitorHandlers
 
 
-async def test_concept_drift_on_the_broker_becomes_one_performance_event(
+async def test_concept_drift_on_the_broker_becomes_a_performance_event_and_a_refit(
     retrain_settings, kafka_bootstrap: str, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     settings = retrain_settings(kafka_bootstrap=kafka_bootstrap)
@@ -104,7 +104,7 @@ async def test_concept_drift_on_the_broker_becomes_one_performance_event(
             ]
 
         deadline = time.monotonic() + 90
-        while not (found := await drift_events()):
+        while len(found := await drift_events()) < 2:
             state = monitor.monitors[model.name]
             assert time.monotonic() < deadline, (
                 f"no drift event: {state.counts}, "
@@ -116,8 +116,14 @@ async def test_concept_drift_on_the_broker_becomes_one_performance_event(
     finally:
         await pub.stop()
         await runtime.stop()
-    [event] = found
-    assert (event.kind, event.model, event.version) == ("performance", model.name, version)
+    # The drift, then the refit once 1,200 labels since the change point arrived.
+    assert [(e.kind, e.statistic) for e in found] == [
+        ("performance", "mann_whitney_log_loss"),
+        ("performance", "refit_after_drift"),
+    ]
+    event = found[0]
+    assert (event.model, event.version) == (model.name, version)
+    assert found[1].change_point == event.change_point
     assert event.change_point is not None
     estimated = (event.change_point - t0).total_seconds()
     assert abs(estimated - change) <= 100, estimated

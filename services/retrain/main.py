@@ -96,7 +96,9 @@ def build_app(settings: RetrainSettings, *, registry: Registry | None = None) ->
             max_records=50,
         )
     )
-    monitor = DriftMonitorHandlers(definitions, kafka, t, registry.read_file)
+    monitor = DriftMonitorHandlers(
+        definitions, kafka, t, registry.read_file, registry.version_metrics
+    )
     kafka.subscribe(
         Subscription(
             name=f"{SERVICE} monitor",

@@ -40,6 +40,9 @@ log = get_logger(__name__)
 ReadFile = Callable[[str, str, str], str | None]
 """(model, version, file name) -> the text stored with the version, or None."""
 
+MetricsOf = Callable[[str, str], dict[str, float]]
+"""(model, version) -> the holdout metrics recorded when the version was trained."""
+
 
 def monitor_policy(model: ModelDefinition) -> MonitorPolicy:
     """The model's drift thresholds from the definitions, as monitor policies."""
@@ -67,6 +70,7 @@ class DriftMonitorHandlers:
         publisher: Publisher,
         topics: Topics,
         read_file: ReadFile,
+        metrics_of: MetricsOf | None = None,
     ) -> None:
         self.monitors = {
             m.name: ModelMonitor(m.name, monitor_policy(m)) for m in definitions.models
@@ -74,11 +78,15 @@ class DriftMonitorHandlers:
         self._publisher = publisher
         self._topics = topics
         self._read_file = read_file
+        self._metrics_of = metrics_of
         self._registry = Policy("mlflow", timeout_s=30.0, attempts=3)
+        # Events found but not yet acknowledged by the broker: sent first next time, so a
+        # failed publish (the batch is redelivered, its records already fed) loses none.
+        self._outbox: list[DriftDetected] = []
 
     async def on_batch(self, batch: list[Delivery[Any]]) -> None:
         """Feed the batch in order to the model monitors; publish the drifts they find."""
-        events: list[DriftDetected] = []
+        events = self._outbox
         # Predictions first: a batch interleaves the two topics arbitrarily, and a label
         # read before its prediction could not be joined.
         ordered = sorted(batch, key=lambda d: not isinstance(d.message, PredictionMade))
@@ -92,15 +100,17 @@ class DriftMonitorHandlers:
                     message.model.version
                 ):
                     await self._load_reference(monitor, message.model.version)
-                events += monitor.on_prediction(message)
+                if not monitor.seen(message.event_id):
+                    events += monitor.on_prediction(message)
             elif isinstance(message, Outcome):
                 monitor = self.monitors.get(message.model)
-                if monitor is not None:
+                if monitor is not None and not monitor.seen(message.event_id):
                     events += monitor.on_outcome(message)
         if events:
             await self._publisher.publish_many(
                 [(self._topics.drift, _with_stable_id(e), e.model) for e in events]
             )
+            self._outbox = []
             for e in events:
                 DRIFT_EVENTS.labels(e.model, e.kind).inc()
                 log.warning(
@@ -122,7 +132,11 @@ class DriftMonitorHandlers:
         reference = DriftReference.from_json(text) if text else None
         if reference is None:
             log.warning("drift_reference_missing", model=monitor.model, version=version)
-        monitor.set_reference(version, reference)
+        expected = None
+        if self._metrics_of is not None:
+            recorded = await self._registry.call_blocking(self._metrics_of, monitor.model, version)
+            expected = recorded.get("log_loss")
+        monitor.set_reference(version, reference, expected)
 
     def _export(self) -> None:
         for name, monitor in self.monitors.items():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from libs.common.definitions import Definitions
+from libs.common.definitions import Definitions, ModelDefinition
 from libs.common.observability import get_logger
 from libs.common.offline import OfflineStore
 from libs.common.registry import DRIFT_REFERENCE, MlflowRegistry, Registry, request_tags
@@ -50,12 +50,20 @@ def _champion_auc(
     return (None if recorded is None else float(recorded)), "recorded"
 
 
-def drift_reference(trained: TrainedModel, frame: pd.DataFrame) -> DriftReference:
-    """The version's drift reference: its training inputs and the scores it gives them."""
-    inputs = frame[trained.columns]
-    scores = trained.booster.predict(inputs.to_numpy())
+def drift_reference(
+    trained: TrainedModel, frame: pd.DataFrame, model: ModelDefinition
+) -> DriftReference:
+    """The version's drift reference: its training inputs, keyed 'view.feature' as serve
+    logs them, and its scores on the holdout (scores on its own training rows would be
+    sharper than live traffic's and raise false prediction-drift alarms).
+    """
+    names = dict(zip(trained.columns, model.features, strict=True))
+    holdout_scores = trained.booster.predict(trained.holdout[trained.columns].to_numpy())
     return DriftReference.of(
-        {**{c: inputs[c].to_numpy() for c in trained.columns}, PREDICTION: scores}
+        {
+            **{names[c]: frame[c].to_numpy() for c in trained.columns},
+            PREDICTION: holdout_scores,
+        }
     )
 
 
@@ -147,7 +155,7 @@ def train_model(
             **({"window_since": str(since)} if since is not None else {}),
         },
         example=trained.holdout[trained.columns].head(5),
-        files={DRIFT_REFERENCE: drift_reference(trained, frame).to_json()},
+        files={DRIFT_REFERENCE: drift_reference(trained, frame, model).to_json()},
     )
     if decision.promote:
         registry.promote(model_name, version)

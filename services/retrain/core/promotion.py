@@ -36,8 +36,9 @@ def decide(
     The rule: promote iff all of
       1. `rows >= gates.min_rows` (labelled rows the candidate was trained and tested on);
       2. it beats the fallback: `auc >= 0.5 + gates.min_auc_lift` (a constant score has
-         AUC 0.5; a NaN AUC, a one-class holdout, fails) and its log loss is below the
-         constant base-rate prior's (when "positive_rate" is known);
+         AUC 0.5; a NaN AUC, a one-class holdout, fails) and its holdout log loss is
+         below the constant training-base-rate predictor's ("prior_log_loss"; else the
+         entropy of "positive_rate");
       2b. `auc >= gates.min_auc` when that absolute floor is set;
       3. when a champion exists and its AUC is known:
          `auc >= champion_auc - tolerance`, i.e. not worse than the champion by more
@@ -83,9 +84,11 @@ def decide(
             ok = False
             reasons.append(f"auc {auc:.4f} < min_auc {gates.min_auc}")
 
-    rate, loss = metrics.get("positive_rate"), metrics.get("log_loss")
-    if rate is not None and loss is not None and 0.0 < rate < 1.0 and not math.isnan(loss):
+    loss, prior = metrics.get("log_loss"), metrics.get("prior_log_loss")
+    rate = metrics.get("positive_rate")
+    if prior is None and rate is not None and 0.0 < rate < 1.0:
         prior = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+    if loss is not None and prior is not None and not math.isnan(loss) and not math.isnan(prior):
         if loss < prior:
             reasons.append(f"log_loss {loss:.4f} < base-rate prior {prior:.4f}")
         else:

@@ -33,6 +33,9 @@ class TrainingMetrics:
     train_rows: int
     holdout_rows: int
     positive_rate: float
+    # Log loss on the holdout of the constant predictor at the training base rate: what
+    # the fallback's prior would score. A model that cannot beat it is no model.
+    prior_log_loss: float = math.nan
 
     def as_dict(self) -> dict[str, float]:
         return {
@@ -42,6 +45,7 @@ class TrainingMetrics:
             "train_rows": float(self.train_rows),
             "holdout_rows": float(self.holdout_rows),
             "positive_rate": self.positive_rate,
+            "prior_log_loss": self.prior_log_loss,
         }
 
 
@@ -138,6 +142,13 @@ def train_booster(
         train_rows=len(train),
         holdout_rows=len(holdout),
         positive_rate=float(frame[LABEL].mean()),
+        prior_log_loss=float(
+            log_loss(
+                y_hold,
+                np.full(len(y_hold), np.clip(y_train.mean(), 1e-7, 1 - 1e-7)),
+                labels=[0.0, 1.0],
+            )
+        ),
     )
     return TrainedModel(
         booster=booster, metrics=metrics, params=params, columns=columns, holdout=holdout

@@ -42,8 +42,9 @@ async def test_concept_drift_on_the_broker_becomes_a_performance_event_and_a_ref
         lgb.Dataset(x, y, feature_name=columns),
         num_boost_round=20,
     )
+    # Keyed 'view.feature' as training writes it and serve logs the inputs.
     reference = DriftReference.of(
-        {**{c: x[:, i] for i, c in enumerate(columns)}, PREDICTION: booster.predict(x)}
+        {**{f: x[:, i] for i, f in enumerate(model.features)}, PREDICTION: booster.predict(x)}
     )
     registry = MlflowRegistry.from_settings(settings)
     version = registry.register(
@@ -82,7 +83,7 @@ async def test_concept_drift_on_the_broker_becomes_a_performance_event_and_a_ref
                 event_time=at,
                 model=ModelRef(name=model.name, version=version, variant="champion"),
                 score=float(score),
-                features=dict(zip(columns, row.tolist(), strict=True)),
+                features=dict(zip(model.features, row.tolist(), strict=True)),
             )
             label = float((row[0] > 0) != (i >= change))
             o = Outcome(

@@ -101,8 +101,8 @@ def test_train_model_on_the_offline_store_registers_version_2(retrain_settings) 
     text = registry.read_file(name, "2", DRIFT_REFERENCE)
     assert text is not None
     reference = DriftReference.from_json(text)
-    columns = model_columns(definitions.model(name))
-    assert set(reference.columns) == {*columns, PREDICTION}
+    # Keyed 'view.feature', as serve logs the inputs with each prediction.
+    assert set(reference.columns) == {*definitions.model(name).features, PREDICTION}
     assert all(abs(sum(r.shares) - 1.0) < 1e-9 for r in reference.columns.values())
 
     # A window since a time after all of this data: nothing to train on, nothing registered.

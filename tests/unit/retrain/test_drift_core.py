@@ -122,3 +122,18 @@ def test_reference_round_trips_as_json() -> None:
     ref = _reference(np.random.default_rng(6))
     again = DriftReference.from_json(ref.to_json())
     assert again == ref
+
+
+def test_a_version_that_starts_serving_after_the_change_alarms_against_its_holdout() -> None:
+    """Its own first labels are already bad, so there is no clean window to compare; the
+    loss it was expected to have (its holdout log loss) is the baseline."""
+    rng = np.random.default_rng(7)
+    good = _losses(rng, 5000, 0.95)
+    detector = LossChangeDetector(PerformancePolicy(), expected_loss=float(np.mean(good)))
+    alarm = None
+    for t, x in enumerate(_losses(rng, 400, 0.5)):
+        alarm = alarm or detector.add(x, float(t))
+    assert alarm is not None and alarm.labels <= 200
+    # And one that performs as expected does not alarm.
+    calm = LossChangeDetector(PerformancePolicy(), expected_loss=float(np.mean(good)))
+    assert all(calm.add(x, float(t)) is None for t, x in enumerate(_losses(rng, 20_000, 0.95)))

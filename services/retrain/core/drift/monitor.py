@@ -1,5 +1,9 @@
 """The drift monitor of one model: predictions and late labels in, drift events out.
 
+Times are those of the predictions a label judges (when the model answered), so a
+change point is on the clock the trainer's data window filters on (rows as of their
+prediction time), however late the labels arrive.
+
 Per serving version it keeps a feature-drift monitor (inputs logged with each
 prediction against the version's training reference), a prediction-drift monitor
 (its scores), a loss-change detector (champion answers joined to their labels) and
@@ -37,6 +41,7 @@ class MonitorPolicy:
     features: FeatureDriftPolicy = field(default_factory=FeatureDriftPolicy)
     performance: PerformancePolicy = field(default_factory=PerformancePolicy)
     max_predictions: int = 200_000  # predictions kept for joining late labels
+    max_versions: int = 5  # versions whose drift state is kept (the newest seen)
     # After a concept drift, retrain once more when this many labels since the change
     # point have arrived: the first retrain had only `post_change_labels` to learn from.
     refit_labels: int = 1200
@@ -47,6 +52,8 @@ class _Served:
     version: str
     variant: str
     score: float
+    entity_id: str
+    at: float  # when it was served: the clock of change points and training windows
 
 
 @dataclass
@@ -87,19 +94,37 @@ class ModelMonitor:
         self.policy = policy
         self.versions: dict[str, VersionState] = {}
         self.references: dict[str, DriftReference | None] = {}
+        self.expected_loss: dict[str, float] = {}
         self.counts = JoinCounts()
         self._served: OrderedDict[str, _Served] = OrderedDict()
         self._latest_of_entity: dict[str, str] = {}
         # Two topics are read in no fixed order: a label can come before its prediction.
         self._waiting: OrderedDict[str, Outcome] = OrderedDict()
         self._refit: _Refit | None = None
+        # Ids already fed: a batch the runtime delivers again (a failed publish) must not
+        # count its records twice.
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def seen(self, event_id: str) -> bool:
+        """True when this record was fed before; remembers it otherwise (bounded)."""
+        if event_id in self._seen:
+            return True
+        self._seen[event_id] = None
+        if len(self._seen) > 2 * self.policy.max_predictions:
+            self._seen.popitem(last=False)
+        return False
 
     def needs_reference(self, version: str) -> bool:
         return version not in self.references
 
-    def set_reference(self, version: str, reference: DriftReference | None) -> None:
-        """The version's training reference (None: none stored; feature drift is off)."""
+    def set_reference(
+        self, version: str, reference: DriftReference | None, expected_loss: float | None = None
+    ) -> None:
+        """The version's training reference (None: none stored; feature drift is off) and
+        its holdout log loss (the loss its answers are expected to have)."""
         self.references[version] = reference
+        if expected_loss is not None and expected_loss == expected_loss:
+            self.expected_loss[version] = expected_loss
 
     def _state(self, version: str) -> VersionState:
         state = self.versions.get(version)
@@ -145,14 +170,14 @@ class ModelMonitor:
         return events
 
     def _remember(self, p: PredictionMade) -> None:
-        self._served[p.event_id] = _Served(p.model.version, p.model.variant, p.score)
+        self._served[p.event_id] = _Served(
+            p.model.version, p.model.variant, p.score, p.entity_id, p.event_time.timestamp()
+        )
         self._latest_of_entity[p.entity_id] = p.event_id
         while len(self._served) > self.policy.max_predictions:
-            self._served.popitem(last=False)
-        if len(self._latest_of_entity) > self.policy.max_predictions:
-            self._latest_of_entity = {
-                e: i for e, i in self._latest_of_entity.items() if i in self._served
-            }
+            evicted, old = self._served.popitem(last=False)
+            if self._latest_of_entity.get(old.entity_id) == evicted:
+                del self._latest_of_entity[old.entity_id]
 
     # labels ------------------------------------------------------------------------
     def on_outcome(self, o: Outcome) -> list[DriftDetected]:
@@ -180,12 +205,12 @@ class ModelMonitor:
             return []
         if served.variant == "fallback":
             return []  # no model answered it: nothing to judge
-        refit = self._count_for_refit(o, served.version)
+        refit = self._count_for_refit(served)
         state = self._state(served.version)
         state.rolling.setdefault(served.variant, RollingWindow()).add(o.label, served.score)
         if served.variant != "champion":
             return refit
-        at = o.event_time.timestamp()
+        at = served.at
         alarm = state.loss.add(log_loss(o.label, served.score), at)
         if alarm is not None:
             state.pending = alarm
@@ -203,9 +228,10 @@ class ModelMonitor:
             return [*refit, self._performance_event(state.pending, state)]
         return refit
 
-    def _count_for_refit(self, o: Outcome, version: str) -> list[DriftDetected]:
+    def _count_for_refit(self, served: _Served) -> list[DriftDetected]:
         refit = self._refit
-        if refit is None or refit.done or o.event_time.timestamp() < refit.change_at:
+        version = served.version
+        if refit is None or refit.done or served.at < refit.change_at:
             return []
         refit.labels += 1
         if refit.labels < self.policy.refit_labels:

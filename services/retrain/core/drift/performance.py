@@ -57,10 +57,17 @@ class RollingMetrics:
 
 
 class LossChangeDetector:
-    """Per-prediction losses of one version, in label order."""
+    """Per-prediction losses of one version, in label order.
 
-    def __init__(self, policy: PerformancePolicy) -> None:
+    Two baselines: the losses just before the newest window (a change while the version
+    serves), and, when known, `expected_loss`, the version's holdout log loss at
+    training time. The second catches a version that began serving at (or after) the
+    change, whose own first labels are already bad.
+    """
+
+    def __init__(self, policy: PerformancePolicy, expected_loss: float | None = None) -> None:
         self.policy = policy
+        self.expected_loss = expected_loss
         size = policy.reference + policy.window
         self._loss: deque[float] = deque(maxlen=size)
         self._at: deque[float] = deque(maxlen=size)
@@ -79,25 +86,45 @@ class LossChangeDetector:
         self.labels += 1
         self._since_check += 1
         p = self.policy
-        if self.alarm is not None or len(self._loss) < self._loss.maxlen:  # type: ignore[operator]
+        if self.alarm is not None or self._since_check < p.check_every:
             return None
-        if self._since_check < p.check_every:
-            return None
+        if len(self._loss) < self._loss.maxlen:  # type: ignore[operator]
+            return self._against_expected()
         self._since_check = 0
         losses = np.fromiter(self._loss, dtype=np.float64)
         ref, recent = losses[: p.reference], losses[p.reference :]
         increase = float(recent.mean() - ref.mean())
         if increase < p.min_increase:
-            return None
+            return self._against_expected()
         pv = float(stats.mannwhitneyu(recent, ref, alternative="greater").pvalue)
         if pv >= p.alpha:
-            return None
+            return self._against_expected()
         self.alarm = PerformanceAlarm(
             float(ref.mean()),
             float(recent.mean()),
             pv,
             self._at[_change_index(losses)],
             self.labels,
+        )
+        return self.alarm
+
+    def _against_expected(self) -> PerformanceAlarm | None:
+        """The newest window against the version's expected (holdout) loss."""
+        p = self.policy
+        self._since_check = 0
+        if self.expected_loss is None or len(self._loss) < p.window:
+            return None
+        losses = np.fromiter(self._loss, dtype=np.float64)
+        recent = losses[-p.window :]
+        if float(recent.mean()) - self.expected_loss < p.min_increase:
+            return None
+        pv = float(stats.ttest_1samp(recent, self.expected_loss, alternative="greater").pvalue)
+        if not pv < p.alpha:
+            return None
+        at = list(self._at)
+        index = _change_index(losses) if len(losses) > 2 * p.window else 0
+        self.alarm = PerformanceAlarm(
+            self.expected_loss, float(recent.mean()), pv, at[index], self.labels
         )
         return self.alarm
 

@@ -128,29 +128,19 @@ class RunningStack:
         return resp.json() if resp.status_code == 200 else None
 
 
-@pytest.fixture(name="stack", params=["signalops.yaml", "examples/payments.yaml"])
-def _stack(
-    request: pytest.FixtureRequest,
-    kafka_bootstrap: str,
-    redis_url: str,
-    ray_cluster: str,
-    mlflow_uri: str,
-    serve_port: int,
-    make_settings: Any,
-    tmp_path: Path,
+def _running_stack(
+    definitions_path: Path, tmp_path: Path, make_settings: Any, **parts: Any
 ) -> Iterator[RunningStack]:
-    definitions_path = REPO / request.param
+    """A RunningStack on the session's broker, Redis and Ray, with its own MLflow store,
+    data directory and ports; stopped afterwards."""
     settings: Settings = make_settings(
-        kafka_bootstrap=kafka_bootstrap,
-        redis_url=redis_url,
-        ray_address=ray_cluster,
         mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        serve_port=serve_port,
         ingest_port=free_port(),
         features_metrics_port=free_port(),
         retrain_metrics_port=free_port(),
         definitions=definitions_path,
         data_dir=tmp_path / "data",
+        **parts,
     )
     stack = RunningStack(settings, load_definitions(definitions_path), tmp_path)
     try:
@@ -158,6 +148,27 @@ def _stack(
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(name="stack", params=["signalops.yaml", "examples/payments.yaml"])
+def _stack(
+    request: pytest.FixtureRequest,
+    kafka_bootstrap: str,
+    redis_url: str,
+    ray_cluster: str,
+    serve_port: int,
+    make_settings: Any,
+    tmp_path: Path,
+) -> Iterator[RunningStack]:
+    yield from _running_stack(
+        REPO / request.param,
+        tmp_path,
+        make_settings,
+        kafka_bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        ray_address=ray_cluster,
+        serve_port=serve_port,
+    )
 
 
 def test_signals_to_prediction_to_retrained_model(stack: RunningStack) -> None:
@@ -259,24 +270,15 @@ def _drift_stack(
         m["drift"] = {**m.get("drift", {}), "psi": 1000.0}
     definitions_path = tmp_path / "definitions.yaml"
     definitions_path.write_text(yaml.safe_dump(data))
-    settings: Settings = make_settings(
+    yield from _running_stack(
+        definitions_path,
+        tmp_path,
+        make_settings,
         kafka_bootstrap=kafka_bootstrap,
         redis_url=redis_url,
         ray_address=ray_cluster,
-        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
         serve_port=serve_port,
-        ingest_port=free_port(),
-        features_metrics_port=free_port(),
-        retrain_metrics_port=free_port(),
-        definitions=definitions_path,
-        data_dir=tmp_path / "data",
     )
-    stack = RunningStack(settings, load_definitions(definitions_path), tmp_path)
-    try:
-        stack.start()
-        yield stack
-    finally:
-        stack.stop()
 
 
 def test_concept_drift_is_detected_retrained_and_served(drift_stack: RunningStack) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,6 +12,9 @@ from rich.table import Table
 
 from libs.common.errors import SignalopsError
 from libs.common.settings import Settings
+
+if TYPE_CHECKING:
+    from services.retrain.core.model_card import ModelCard
 
 app = typer.Typer(
     help="signalops: real-time predictions on streaming signals.",
@@ -93,11 +96,22 @@ def _print_status(stack) -> None:  # type: ignore[no-untyped-def]
 
 @app.command()
 def demo(
-    duration: Annotated[float, typer.Option(help="Seconds to run; 0 runs until Ctrl-C.")] = 0,
-    rate: Annotated[float, typer.Option(help="Signals per second.")] = 40.0,
+    duration: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to run; 0 runs until the loop has closed (drift found, new "
+            "version serving and judged), or Ctrl-C."
+        ),
+    ] = 0,
+    rate: Annotated[
+        float, typer.Option(help="Reports per second per source; each is scored and labelled.")
+    ] = 20.0,
+    drift_after: Annotated[
+        int, typer.Option(help="Labels judging the champion before the concept drift.")
+    ] = 1000,
     keep: Annotated[bool, typer.Option(help="Leave the stack running afterwards.")] = False,
 ) -> None:
-    """Start the stack and run synthetic sources through the whole loop, live."""
+    """Start the stack and show the loop live: a concept drift found and fixed unaided."""
     from infra.demo import run_demo
     from infra.local.stack import LocalStack
 
@@ -106,7 +120,7 @@ def demo(
         if not stack.is_up():
             with console.status("starting the stack") as st:
                 stack.up(on_step=lambda name: st.update(f"starting {name}"))
-        run_demo(stack.s, console, duration_s=duration, rate=rate)
+        run_demo(stack.s, console, duration_s=duration, rate=rate, drift_after=drift_after)
     except SignalopsError as exc:
         raise _fail(exc) from None
     finally:
@@ -179,6 +193,108 @@ def models_promote(name: str, version: str) -> None:
     except SignalopsError as exc:
         raise _fail(exc) from None
     console.print(f"{name} version {move.version} is champion (was {move.previous or 'none'}).")
+
+
+@models_app.command("card")
+def models_card(name: str, version: str) -> None:
+    """Print the model card of VERSION: data window, metrics, slices, gates, importance."""
+    from pydantic import ValidationError
+
+    from libs.common.registry import MlflowRegistry
+    from libs.common.registry.aliases import MODEL_CARD
+    from services.retrain.core.model_card import ModelCard
+
+    registry = MlflowRegistry.from_settings(_settings())
+    if version not in {v.version for v in registry.list_versions(name)}:
+        raise _fail(
+            SignalopsError(
+                f"model {name!r} has no version {version!r}; see `signalops models list`"
+            )
+        )
+    text = registry.read_file(name, version, MODEL_CARD)
+    if text is None:
+        raise _fail(
+            SignalopsError(
+                f"{name} version {version} has no {MODEL_CARD} (registered before model cards)"
+            )
+        )
+    try:
+        card = ModelCard.model_validate_json(text).for_version(version)
+    except ValidationError as exc:
+        raise _fail(
+            SignalopsError(f"{name} version {version}: unreadable {MODEL_CARD}: {exc}")
+        ) from None
+    _print_card(card)
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _print_card(card: ModelCard) -> None:
+    # Reasons, notes and slice labels are free text ("[0.2, 0.5)"): never rich markup.
+    from rich.markup import escape
+
+    verdict = "[green]promoted[/green]" if card.promoted else "[yellow]not promoted[/yellow]"
+    console.print(
+        f"[bold]{card.model} version {card.version}[/bold]  {verdict}  "
+        f"created {card.created:%Y-%m-%d %H:%M:%S} UTC  reason: {escape(card.reason)}"
+    )
+    d = card.data
+    window = Table(
+        "policy",
+        "since",
+        "rows",
+        "train",
+        "holdout",
+        "first row",
+        "holdout from",
+        "last row",
+        "bootstrap",
+        title="data window",
+    )
+    window.add_row(
+        escape(d.policy) or "-",
+        f"{d.since:%Y-%m-%d %H:%M:%S}" if d.since else "-",
+        str(d.rows),
+        str(d.train_rows),
+        str(d.holdout_rows),
+        *(
+            f"{t:%Y-%m-%d %H:%M:%S}" if t else "-"
+            for t in (d.first_row, d.holdout_from, d.last_row)
+        ),
+        "yes" if d.bootstrap_history else "no",
+    )
+    console.print(window)
+    champion = f"champion v{card.champion_version}" if card.champion_version else "champion"
+    metrics = Table("metric", "candidate", champion, title="metrics on the candidate's holdout")
+    for key in ("auc", "log_loss", "calibration_error"):
+        theirs = getattr(card.champion, key) if card.champion else None
+        metrics.add_row(key, _num(getattr(card.candidate, key)), _num(theirs))
+    console.print(metrics)
+    if card.champion_note:
+        console.print(f"champion not compared: {escape(card.champion_note)}")
+    if card.slices:
+        slices = Table("feature", "slice", "rows", "candidate auc", "champion auc", title="slices")
+        for s in card.slices:
+            slices.add_row(
+                s.feature, escape(s.slice), str(s.rows), _num(s.candidate_auc), _num(s.champion_auc)
+            )
+        console.print(slices)
+    colour = {"pass": "green", "fail": "red", "skipped": "dim"}
+    gates = Table("gate", "status", "detail", title="promotion gates")
+    for g in card.gates:
+        gates.add_row(escape(g.name), f"[{colour[g.status]}]{g.status}[/]", escape(g.detail))
+    console.print(gates)
+    importance = Table("feature", "gain share", title="feature importance (LightGBM gain)")
+    for f in card.feature_importance:
+        importance.add_row(f.feature, f"{f.gain:.3f}")
+    console.print(importance)
+    reference = Table("column", "sample", "bins", "missing", title="drift reference")
+    for r in card.drift_reference:
+        reference.add_row(r.column, str(r.sample_size), str(r.bins), f"{r.missing_share:.3f}")
+    console.print(reference)
+    console.print("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in card.timings.items()))
 
 
 @models_app.command("rollback")

@@ -58,6 +58,9 @@ class SourceDefinition(_Strict):
         return self
 
 
+# LightGBM objectives (and aliases) whose labels are 0/1 classes.
+BINARY_OBJECTIVES = frozenset({"binary", "cross_entropy", "xentropy"})
+
 Aggregation = Literal["last", "mean", "min", "max", "sum", "count", "std", "fraction"]
 
 
@@ -140,8 +143,9 @@ class PromotionGates(_Strict):
 
     The gates are relative, so a model that decayed with the world can be replaced:
     the candidate must beat the fallback (AUC above 0.5 by `min_auc_lift`, log loss
-    below the constant base-rate prior) and not be worse than the champion scored on
-    the same holdout. `min_auc` adds an absolute floor only when set.
+    below the constant base-rate prior) and the champion scored on the same holdout
+    (AUC, log loss, AUC per slice), and be calibrated. `min_auc` adds an absolute
+    floor only when set. The rules are in services/retrain/core/promotion.py.
     """
 
     min_auc: float | None = Field(None, ge=0.0, le=1.0, description="Optional absolute floor.")
@@ -149,6 +153,76 @@ class PromotionGates(_Strict):
         0.02, ge=0.0, le=0.5, description="AUC the candidate must gain over the fallback's 0.5."
     )
     min_rows: int = Field(200, ge=10)
+    min_gain_over_champion: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="AUC the candidate must gain over the champion on the same holdout "
+        "(less the service's SIGNALOPS_AUC_TOLERANCE slack).",
+    )
+    max_log_loss_increase: float = Field(
+        0.02, ge=0.0, description="Nats of holdout log loss the candidate may lose to the champion."
+    )
+    max_calibration_error: float = Field(
+        0.1,
+        gt=0.0,
+        le=1.0,
+        description="Expected calibration error (10 equal-count bins) beyond sampling noise.",
+    )
+    slices: list[str] = Field(
+        default_factory=list,
+        description="'view.feature' references of the model whose quantile slices are audited.",
+    )
+    slice_bins: int = Field(4, ge=2, le=20, description="Quantile bins per slice feature.")
+    min_slice_rows: int = Field(50, ge=1, description="Smaller slices are reported, not judged.")
+    max_slice_auc_drop: float = Field(
+        0.05, ge=0.0, le=1.0, description="AUC a slice may lose to the champion's on it."
+    )
+
+
+class TrainingWindow(_Strict):
+    """Which labelled rows a retrain learns from (`services/retrain/core/window.py`).
+
+    - `since_change`: the rows since a drift's change point when the run has one,
+      else all history;
+    - `all`: all history, even after a change point;
+    - `last_labels`: the newest `last_labels` labelled rows (after the change point
+      when the run has one);
+    - `decay`: all rows (after the change point when the run has one), weighted
+      0.5 ** (age / `half_life_s`), age counted back from the newest row.
+    """
+
+    window: Literal["all", "since_change", "last_labels", "decay"] = "since_change"
+    last_labels: int | None = Field(
+        None, ge=2, description="How many of the newest labels to keep (window last_labels)."
+    )
+    half_life_s: PositiveFloat | None = Field(
+        None, description="Age in seconds at which a row weighs half (window decay)."
+    )
+
+    @model_validator(mode="after")
+    def _policy_has_its_parameter(self) -> TrainingWindow:
+        if self.window == "last_labels" and self.last_labels is None:
+            raise ValueError(
+                "training.window 'last_labels' needs 'last_labels': how many of the newest "
+                "labels to train on, e.g. last_labels: 5000"
+            )
+        if self.window == "decay" and self.half_life_s is None:
+            raise ValueError(
+                "training.window 'decay' needs 'half_life_s': the age in seconds at which a "
+                "row weighs half, e.g. half_life_s: 86400"
+            )
+        if self.last_labels is not None and self.window != "last_labels":
+            raise ValueError(
+                f"training.last_labels applies only to window 'last_labels', not "
+                f"{self.window!r}: remove it or set window: last_labels"
+            )
+        if self.half_life_s is not None and self.window != "decay":
+            raise ValueError(
+                f"training.half_life_s applies only to window 'decay', not {self.window!r}: "
+                "remove it or set window: decay"
+            )
+        return self
 
 
 class ModelDefinition(_Strict):
@@ -166,6 +240,29 @@ class ModelDefinition(_Strict):
     fallback: Fallback = Fallback()
     drift: DriftThresholds = DriftThresholds()
     promotion: PromotionGates = PromotionGates()
+    training: TrainingWindow = TrainingWindow()
+    retrain_every_s: PositiveFloat | None = Field(
+        None,
+        description="Optional schedule: a retrain request every this many seconds, on top "
+        "of drift events and engineers' requests (the trainer coalesces them).",
+    )
+
+    @property
+    def is_binary(self) -> bool:
+        """True for a binary classifier: its labels must be 0 or 1."""
+        return str(self.lightgbm.get("objective", "binary")) in BINARY_OBJECTIVES
+
+    @model_validator(mode="after")
+    def _slices_are_features(self) -> ModelDefinition:
+        # A slice is cut from the holdout's model inputs, so only the model's own
+        # features exist there to slice by.
+        for ref in self.promotion.slices:
+            if ref not in self.features:
+                raise ValueError(
+                    f"model {self.name!r}: promotion slice {ref!r} is not one of its "
+                    f"features; use one of {self.features}"
+                )
+        return self
 
 
 class Definitions(_Strict):

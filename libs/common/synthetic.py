@@ -186,6 +186,44 @@ class SyntheticSource:
         self._last = rec
         return rec
 
+    # a changing population, reporting on a schedule (the demo) ------------------------
+    def add_entity(self, entity_id: str) -> None:
+        """A new entity, drawn as the first ones were; it reports from now on."""
+        e = _Entity(entity_id)
+        for name in self._numeric:
+            e.values[name] = self._rng.gauss(0.0, 1.0)
+        for name in self._categorical:
+            e.categories[name] = self._pick_category(name, e)
+        self.entities.append(e)
+
+    def remove_entity(self, entity_id: str) -> None:
+        """The entity stops reporting (its features stay where they were written)."""
+        self.entities.remove(self._entity(entity_id))
+
+    def report(self, entity_id: str, at: datetime) -> list[SyntheticRecord]:
+        """The entity's next report at `at` (its state moves one step, as in `history`),
+        then, drawn by the config's fractions, a malformed record, the report stamped
+        `late_by_s` earlier, and a resend of the report (a duplicate)."""
+        c = self.config
+        e = self._entity(entity_id)
+        self._step(e)
+        ok = SyntheticRecord("ok", self.signal(e, at), entity_id)
+        out = [ok]
+        if self._rng.random() < c.bad_fraction:
+            out.append(SyntheticRecord("bad", self._bad(e, at), entity_id))
+        if self._rng.random() < c.late_fraction:
+            late = at - timedelta(seconds=c.late_by_s)
+            out.append(SyntheticRecord("late", self.signal(e, late), entity_id))
+        if self._rng.random() < c.duplicate_fraction:
+            out.append(SyntheticRecord("duplicate", ok.payload, entity_id))
+        self._last = ok
+        return out
+
+    def decision(self, entity_id: str) -> float:
+        """The Bayes decision of the truth right now: 1.0 when a positive outcome is at
+        least as likely as not, else 0.0 (the label a perfect model would be judged by)."""
+        return 1.0 if self.probability(entity_id) >= 0.5 else 0.0
+
     def outcome(self, entity_id: str, at: datetime, model: str) -> dict[str, Any]:
         """A label drawn from the entity's current true probability."""
         label = 1 if self._rng.random() < self.probability(entity_id) else 0

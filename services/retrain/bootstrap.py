@@ -3,7 +3,10 @@
 The history comes from `libs.common.synthetic.SyntheticSource` (a learnable ground
 truth for any source definition), is written to a separate offline root
 (`<offline>/bootstrap`, files named `bootstrap-<model>`) so it never mixes with real
-data, and goes through the same `train_model` pipeline as every retraining.
+data, and goes through the same `train_model` pipeline as every retraining. Its entity
+ids start with the reserved `BOOTSTRAP_ENTITY_PREFIX`, so even a training set that
+includes it (a model with too few real labels) never joins synthetic labels to a real
+entity's signals.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from services.retrain.train import train_model
 log = get_logger(__name__)
 
 BOOTSTRAP_REASON = "bootstrap"
+# Reserved for synthetic bootstrap entities: real sources must not send entity ids
+# starting with it (README, "Training data and training size").
+BOOTSTRAP_ENTITY_PREFIX = "__bootstrap__-"
 
 
 def bootstrap_root(settings: RetrainSettings) -> Path:
@@ -51,6 +57,7 @@ def write_synthetic_history(
     seed: int = 0,
     end: datetime | None = None,
     file_prefix: str = "bootstrap",
+    entity_prefix: str = "",
 ) -> tuple[int, int]:
     """Write a clean synthetic past of the model's sources into `store`.
 
@@ -68,6 +75,8 @@ def write_synthetic_history(
         seed: random seed (same seed, same history).
         end: time of the last report (default now).
         file_prefix: file names are f"{file_prefix}-{model_name}" (rewriting replaces).
+        entity_prefix: entity ids are f"{entity_prefix}{source.entity}-{i}"; the
+            bootstrap passes the reserved `BOOTSTRAP_ENTITY_PREFIX`.
 
     Returns:
         (signals written, outcomes written).
@@ -80,7 +89,11 @@ def write_synthetic_history(
     signals: list[dict[str, object]] = []
     outcomes: list[dict[str, object]] = []
     for i, source in enumerate(sources):
-        synthetic = SyntheticSource(source, SyntheticConfig(entities=entities, seed=seed + i))
+        synthetic = SyntheticSource(
+            source,
+            SyntheticConfig(entities=entities, seed=seed + i),
+            entity_prefix=f"{entity_prefix}{source.entity}",
+        )
         for kind, payload in synthetic.history(
             end=end, steps=steps, step_s=step_s, model=model_name
         ):
@@ -147,6 +160,7 @@ def bootstrap_models(
                 steps=settings.bootstrap_steps,
                 step_s=settings.bootstrap_step_s,
                 seed=settings.bootstrap_seed,
+                entity_prefix=BOOTSTRAP_ENTITY_PREFIX,
             )
             log.info(
                 "bootstrap_history_written",

@@ -122,10 +122,11 @@ class RetrainHandlers:
                 jobs.append(TrainingJob(m.model, reason, d, _epoch(m.since)))
             elif isinstance(d.message, DriftDetected):
                 e = d.message
-                # A concept drift retrains on what came after it; a feature drift on
-                # all history (the labels after a covariate shift may be few yet).
-                window = _epoch(e.change_point) if e.kind == "performance" else None
-                jobs.append(TrainingJob(e.model, drift_reason(e), d, window))
+                # Any drift retrains on what came after its change point (the model's
+                # window policy decides how: `all` ignores it). A covariate drift has few
+                # labels after it yet: that run is skipped, and the monitor asks again
+                # once post_change_labels labels since the change point arrived.
+                jobs.append(TrainingJob(e.model, drift_reason(e), d, _epoch(e.change_point)))
         await self._run(await self._known(jobs))
 
     async def _known(self, jobs: list[TrainingJob]) -> list[TrainingJob]:

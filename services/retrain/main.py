@@ -1,7 +1,10 @@
 """Retrain service wiring: `python -m services.retrain.main` (spawned by `signalops up`).
 
 retrain.requests (RetrainModel) + drift.events (DriftDetected), group "retrain-trainer"
+    (retrain.requests also gets the scheduled requests of models with retrain_every_s)
     -> RetrainHandlers.on_trainer_batch -> MLflow versions, models.events, signals.dlq
+predictions (PredictionMade) + outcomes (Outcome), group "retrain-monitor"
+    -> DriftMonitorHandlers.on_batch -> drift.events
 outcomes (Outcome) + predictions (PredictionMade), group "retrain-log"
     -> RetrainHandlers.on_log_batch -> offline store
 """
@@ -26,6 +29,7 @@ from services.retrain.bootstrap import bootstrap_models
 from services.retrain.core.results import TrainingResult
 from services.retrain.handlers import RetrainHandlers
 from services.retrain.monitoring import DriftMonitorHandlers
+from services.retrain.scheduler import RetrainScheduler
 from services.retrain.settings import RetrainSettings
 from services.retrain.train import train_model
 
@@ -44,6 +48,7 @@ class RetrainApp:
     handlers: RetrainHandlers
     kafka: KafkaRuntime
     registry: Registry
+    monitor: DriftMonitorHandlers
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start up (ops server, topics, publisher, Ray, bootstrap), consume until `stop`."""
@@ -63,8 +68,11 @@ class RetrainApp:
             await self.kafka.start()
             for result in results:
                 await self.handlers.publish_result(result)
+            if s.monitor_warm_up_records:
+                await self.monitor.warm_up(s.kafka_bootstrap, s.monitor_warm_up_records)
             log.info("retrain_consuming", models=[m.name for m in self.definitions.models])
-            await stop.wait()
+            schedule = RetrainScheduler(self.definitions.models, self.kafka, s.topics.retrain)
+            await schedule.run(stop) if schedule.models else await stop.wait()
         finally:
             await self.kafka.stop()
             await ops.stop()
@@ -117,7 +125,7 @@ def build_app(settings: RetrainSettings, *, registry: Registry | None = None) ->
             max_attempts=settings.consumer_max_attempts,
         )
     )
-    return RetrainApp(settings, definitions, handlers, kafka, registry)
+    return RetrainApp(settings, definitions, handlers, kafka, registry, monitor)
 
 
 def _train(

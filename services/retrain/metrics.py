@@ -40,6 +40,7 @@ ROLLING = Gauge(
 LABELS_JOINED = Gauge(
     "signalops_monitor_labels",
     "Labels the monitor saw since it started: joined (by prediction id), by_entity, "
-    "unjoined (no prediction found: not judged), invalid_label (not 0 or 1)",
+    "unjoined (no prediction found: not judged), invalid_label (not 0 or 1), "
+    "corrected (a later label for an answer already judged: not judged twice)",
     ["model", "how"],
 )

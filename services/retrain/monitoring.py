@@ -1,30 +1,44 @@
 """The drift monitor's adapter: predictions and outcomes in, drift events out.
 
     predictions (PredictionMade) + outcomes (Outcome), group "retrain-monitor"
-        -> ModelMonitor per model (services/retrain/core/drift) -> drift.events
+        -> ModelMonitor per model (services/retrain/core/drift) -> drift.events,
+           and retrain.requests (a retrain on the labels since a drift's change point)
 
 References are read from the registry (the file stored with each version) the
-first time a version is seen. Monitor state lives in memory: after a restart it is
-rebuilt from the records consumed since then. Drift event ids derive from model,
-version, kind and feature, so a drift re-detected after a restart is the same
-request to the trainer, which trains a version for it once.
+first time a version is seen. Monitor state lives in memory and is rebuilt at start
+from the log itself: `warm_up` feeds the newest records of both topics (the tail the
+windows need) before the loop resumes from its committed offsets; records fed twice
+are recognised by event id. Drift event ids derive from model, version, kind and
+feature, so a drift re-detected after a restart is the same request to the trainer,
+which trains a version for it once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 from libs.common.clients.kafka import Delivery, Publisher
+from libs.common.clients.kafka.reader import read_tail
 from libs.common.definitions import Definitions, ModelDefinition
 from libs.common.observability import get_logger
 from libs.common.registry import DRIFT_REFERENCE
 from libs.common.resilience import Policy
-from libs.common.schemas import DriftDetected, Outcome, PredictionMade, stable_id
+from libs.common.schemas import (
+    DriftDetected,
+    Message,
+    Outcome,
+    PredictionMade,
+    RetrainModel,
+    stable_id,
+)
 from libs.common.settings import Topics
 from services.retrain.core.drift.features import FeatureDriftPolicy
-from services.retrain.core.drift.monitor import ModelMonitor, MonitorPolicy
+from services.retrain.core.drift.monitor import Finding, ModelMonitor, MonitorPolicy
 from services.retrain.core.drift.performance import PerformancePolicy
 from services.retrain.core.drift.reference import DriftReference
 from services.retrain.metrics import (
@@ -82,10 +96,37 @@ class DriftMonitorHandlers:
         self._registry = Policy("mlflow", timeout_s=30.0, attempts=3)
         # Events found but not yet acknowledged by the broker: sent first next time, so a
         # failed publish (the batch is redelivered, its records already fed) loses none.
-        self._outbox: list[DriftDetected] = []
+        self._outbox: list[Finding] = []
+        self._feeding = asyncio.Lock()
+
+    async def warm_up(self, bootstrap: str, last: int) -> int:
+        """Rebuild the windows from the newest `last` records per partition of both topics.
+
+        Undecodable records are skipped here (the loop dead-letters them when it reaches
+        them). Returns how many records were fed.
+        """
+        fed: list[Delivery[Any]] = []
+        for topic, schema in (
+            (self._topics.predictions, PredictionMade),
+            (self._topics.outcomes, Outcome),
+        ):
+            for d in await read_tail(bootstrap, topic, last=last, client_id="retrain-warm-up"):
+                try:
+                    message: Message = schema.from_bytes(d.value)
+                except ValidationError:
+                    continue
+                fed.append(Delivery(message, d.topic, d.partition, d.offset, d.key, d.value))
+        await self.on_batch(fed)
+        log.info("drift_monitor_warmed_up", records=len(fed))
+        return len(fed)
 
     async def on_batch(self, batch: list[Delivery[Any]]) -> None:
         """Feed the batch in order to the model monitors; publish the drifts they find."""
+        # The warm-up and the consume loop may overlap at start: one feeds at a time.
+        async with self._feeding:
+            await self._feed(batch)
+
+    async def _feed(self, batch: list[Delivery[Any]]) -> None:
         events = self._outbox
         # Predictions first: a batch interleaves the two topics arbitrarily, and a label
         # read before its prediction could not be joined.
@@ -107,11 +148,12 @@ class DriftMonitorHandlers:
                 if monitor is not None and not monitor.seen(message.event_id):
                     events += monitor.on_outcome(message)
         if events:
-            await self._publisher.publish_many(
-                [(self._topics.drift, _with_stable_id(e), e.model) for e in events]
-            )
+            await self._publisher.publish_many([self._outgoing(e) for e in events])
             self._outbox = []
             for e in events:
+                if isinstance(e, RetrainModel):
+                    log.info("retrain_after_drift", model=e.model, reason=e.reason)
+                    continue
                 DRIFT_EVENTS.labels(e.model, e.kind).inc()
                 log.warning(
                     "drift_detected",
@@ -124,6 +166,11 @@ class DriftMonitorHandlers:
                     change_point=e.change_point.isoformat() if e.change_point else None,
                 )
         self._export()
+
+    def _outgoing(self, finding: Finding) -> tuple[str, Message, str]:
+        if isinstance(finding, RetrainModel):
+            return self._topics.retrain, finding, finding.model
+        return self._topics.drift, _with_stable_id(finding), finding.model
 
     async def _load_reference(self, monitor: ModelMonitor, version: str) -> None:
         text = await self._registry.call_blocking(

@@ -39,6 +39,13 @@ class RetrainSettings(Settings):
             return self.environment == "development"
         return self.train_with_bootstrap_history
 
+    monitor_warm_up_records: int = Field(
+        10_000,
+        ge=0,
+        description="Newest records per partition of predictions and outcomes the drift "
+        "monitor re-reads at start to rebuild its windows (0: start empty).",
+    )
+
     holdout_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="Latest share of rows (by as-of time) held out."
     )
@@ -49,4 +56,27 @@ class RetrainSettings(Settings):
         None,
         ge=1,
         description="Ray Data groupby partitions; None: one per 64 MiB of offline data.",
+    )
+
+    # Training at any size: plain LightGBM in the service's process while the training
+    # set fits one worker; beyond `distributed_training_rows`, Ray Train's LightGBM
+    # trainer on the Ray cluster. Outgrowing one machine changes these, not code.
+    distributed_training_rows: int = Field(
+        2_000_000,
+        ge=0,
+        description="Training rows above which LightGBM trains distributed on the Ray "
+        "cluster (Ray Train); 0 sends every run there.",
+    )
+    distributed_workers: int = Field(2, ge=1, description="Ray Train LightGBM workers.")
+    distributed_cpus_per_worker: float = Field(
+        0.5,
+        gt=0,
+        description="CPUs each Ray Train worker reserves (fractional fits the 2-core "
+        "embedded stack); LightGBM threads per worker = max(1, floor of it).",
+    )
+    distributed_storage_path: str | None = Field(
+        None,
+        description="Where Ray Train persists the final checkpoint; None: a temporary "
+        "folder on this machine (one-node clusters). Set a shared path or s3:// URI on "
+        "a multi-node cluster.",
     )

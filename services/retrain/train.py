@@ -11,43 +11,70 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import lightgbm as lgb
 import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 
-from libs.common.definitions import Definitions, ModelDefinition
+from libs.common.definitions import Definitions, ModelDefinition, feature_key
 from libs.common.observability import get_logger
-from libs.common.offline import OfflineStore
+from libs.common.offline import OUTCOMES, OfflineStore
 from libs.common.registry import DRIFT_REFERENCE, MlflowRegistry, Registry, request_tags
-from services.retrain.adapters.ray_data import build_training_frame
-from services.retrain.core.dataset import TS, JoinSpec
+from libs.common.registry.aliases import MODEL_CARD
+from services.retrain.adapters.ray_train import RayTrainFit
+from services.retrain.adapters.training_frame import build_training_frame
+from services.retrain.core.dataset import LABEL, TS, JoinSpec
 from services.retrain.core.drift.reference import PREDICTION, DriftReference
-from services.retrain.core.promotion import decide
+from services.retrain.core.evaluation import HoldoutEvaluation, evaluate
+from services.retrain.core.model_card import build_model_card, data_window, gain_importance
+from services.retrain.core.promotion import NO_CHAMPION, ChampionScore, decide
 from services.retrain.core.results import TrainingResult
-from services.retrain.core.training import TrainedModel, holdout_auc, train_booster
+from services.retrain.core.slices import Slice, cut_slices
+from services.retrain.core.training import TrainedModel, fit_by_size, score, train_booster
+from services.retrain.core.window import select_window
 from services.retrain.errors import NoTrainingData, UnknownModel
 from services.retrain.settings import RetrainSettings
 
 log = get_logger(__name__)
 
 
-def _champion_auc(
-    registry: Registry, model: str, trained: TrainedModel
-) -> tuple[float | None, str]:
-    """The champion's AUC, on the candidate's own holdout when the champion can score it.
+def _holdout_evaluation(
+    booster: lgb.Booster, trained: TrainedModel, slices: list[Slice]
+) -> HoldoutEvaluation:
+    """Any booster's AUC, log loss, calibration and slice AUCs on the candidate's holdout."""
+    scores = score(booster, trained.holdout, trained.columns)
+    return evaluate(trained.holdout[LABEL].to_numpy(dtype="float64"), scores, slices)
+
+
+def _champion_score(
+    registry: Registry,
+    model: str,
+    champion: str | None,
+    trained: TrainedModel,
+    slices: list[Slice],
+) -> ChampionScore:
+    """The champion's full metrics on the candidate's own holdout, when it can score it.
 
     Scoring both on the same (newest) rows keeps the comparison fair after drift,
-    when the champion's recorded AUC describes data that no longer looks like today.
+    when the champion's recorded metrics describe data that no longer looks like
+    today; so a champion that cannot score these rows (it reads other features, or
+    does not load) is not compared at all rather than by its recorded AUC.
     """
-    champion = registry.champion_version(model)
     if champion is None:
-        return None, "none"
+        return NO_CHAMPION
     try:
         booster = registry.load_booster(model, champion)
-        if list(booster.feature_name()) == trained.columns:
-            return holdout_auc(booster, trained.holdout, trained.columns), "same-holdout"
-    except Exception:
+        names = list(booster.feature_name())
+        if names != trained.columns:
+            return ChampionScore(
+                champion, None, f"champion v{champion} reads other features {names}"
+            )
+        return ChampionScore(champion, _holdout_evaluation(booster, trained, slices))
+    except Exception as exc:
         log.warning("champion_not_scorable", model=model, version=champion, exc_info=True)
-    recorded = registry.version_metrics(model, champion).get("auc")
-    return (None if recorded is None else float(recorded)), "recorded"
+        return ChampionScore(
+            champion, None, f"champion v{champion} cannot score the holdout: {exc}"[:300]
+        )
 
 
 def drift_reference(
@@ -65,6 +92,25 @@ def drift_reference(
             PREDICTION: holdout_scores,
         }
     )
+
+
+def real_label_count(store: OfflineStore, model: str, *, at_least: int | None = None) -> int:
+    """Distinct outcomes of `model` in `store` (build it without `include` to count only
+    real labels, not the synthetic bootstrap history).
+
+    Reads only the `event_id` and `model` columns with pyarrow, no Ray; stops once it
+    has counted `at_least`, so the check stays cheap on a large store.
+    """
+    files = store.files(OUTCOMES)
+    if not files:
+        return 0
+    dataset = pads.dataset(files, filesystem=store.filesystem, format="parquet")
+    seen: set[str] = set()
+    for batch in dataset.to_batches(columns=["event_id"], filter=pc.field("model") == model):
+        seen.update(batch.column(0).to_pylist())
+        if at_least is not None and len(seen) >= at_least:
+            break
+    return len(seen)
 
 
 def train_model(
@@ -92,9 +138,11 @@ def train_model(
         offline_root: the offline store to read; `settings.offline_dir` when None.
         request_ids: event ids of the requests this run answers; tagged on the version
             so a redelivered request finds it (`Registry.version_for_request`).
-        since: train only on rows as of this time (epoch seconds) or later: the data
-            window after a drift's change point. The synthetic bootstrap history is
-            never part of a windowed run.
+        since: the run's change point (epoch seconds): a drift's, or an engineer's
+            window. The model's `training` policy decides what it bounds
+            (`core/window.py`). The synthetic bootstrap history is never part of a run
+            with a change point, and otherwise only while the store holds fewer than
+            `promotion.min_rows` real labels of the model.
 
     Returns:
         The registered version, its metrics and the promotion decision.
@@ -108,38 +156,87 @@ def train_model(
     except KeyError:
         raise UnknownModel(model_name, [m.name for m in definitions.models]) from None
     registry = registry or MlflowRegistry.from_settings(settings)
+    root = offline_root or settings.offline_dir
+    min_rows = model.promotion.min_rows
     include = (
         [settings.bootstrap_dir]
-        if offline_root is None and settings.includes_bootstrap_history and since is None
+        if offline_root is None
+        and settings.includes_bootstrap_history
+        and since is None
+        and real_label_count(OfflineStore(root), model_name, at_least=min_rows) < min_rows
         else []
     )
-    store = OfflineStore(offline_root or settings.offline_dir, include=include)
+    store = OfflineStore(root, include=include)
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
     frame = build_training_frame(
-        store, JoinSpec.of(definitions, model_name), partitions=settings.shuffle_partitions
+        store,
+        JoinSpec.of(definitions, model_name),
+        partitions=settings.shuffle_partitions,
+        # Read only the rows select_window keeps: every policy but `all` bounds them.
+        since=since if model.training.window != "all" else None,
     )
-    if since is not None:
-        frame = frame[frame[TS] >= since].reset_index(drop=True)
-        if frame.empty:
-            raise NoTrainingData(f"no labelled rows of {model_name} as of {since} or later")
+    window = select_window(frame, model.training, since=since)
+    frame = window.frame
+    if since is not None and model.training.window != "all" and len(frame) < min_rows:
+        # A fresh drift's window holds too few labels to pass the min_rows gate: a run now
+        # would register a version that cannot be promoted. The monitor asks again once
+        # enough labels since the change point arrived (post_change_labels, refit_labels).
+        raise NoTrainingData(
+            f"{model_name}: {len(frame)} labelled rows in the window ({window.description}); "
+            f"promotion needs min_rows {min_rows}: waiting for labels"
+        )
     timings["join_s"] = time.perf_counter() - started
 
     t = time.perf_counter()
-    trained = train_booster(frame, model, holdout_fraction=settings.holdout_fraction)
+    trained = train_booster(
+        frame,
+        model,
+        holdout_fraction=settings.holdout_fraction,
+        weights=window.weights,
+        fit=fit_by_size(settings.distributed_training_rows, RayTrainFit.from_settings(settings)),
+    )
     timings["train_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     previous = registry.champion_version(model_name)
-    champion_auc, basis = _champion_auc(registry, model_name, trained)
-    metrics = trained.metrics.as_dict()
+    gates = model.promotion
+    # Slices are cut once from the holdout, so both models are judged on the same rows.
+    slices = cut_slices(
+        {ref: trained.holdout[feature_key(ref)].to_numpy() for ref in gates.slices},
+        bins=gates.slice_bins,
+    )
+    candidate = _holdout_evaluation(trained.booster, trained, slices)
+    champion = _champion_score(registry, model_name, previous, trained, slices)
+    metrics = {**trained.metrics.as_dict(), "calibration_error": candidate.calibration_error}
     decision = decide(
-        metrics,
-        model.promotion,
-        champion_auc=champion_auc,
-        champion_basis=basis,
+        candidate,
+        gates,
+        rows=trained.metrics.rows,
+        prior_log_loss=trained.metrics.prior_log_loss,
+        champion=champion,
         tolerance=settings.auc_tolerance,
+    )
+    reference = drift_reference(trained, frame, model)
+    card = build_model_card(
+        model=model_name,
+        reason=reason,
+        window=data_window(
+            frame[TS].to_numpy(),
+            train_rows=trained.metrics.train_rows,
+            since=since,
+            bootstrap_history=bool(include),
+            policy=window.description,
+        ),
+        candidate=candidate,
+        champion=champion,
+        decision=decision,
+        reference=reference,
+        importance=gain_importance(
+            trained.booster, dict(zip(trained.columns, model.features, strict=True))
+        ),
+        timings={**timings, "evaluate_s": time.perf_counter() - t},
     )
     version = registry.register(
         model_name,
@@ -151,11 +248,12 @@ def train_model(
             "training_rows": str(trained.metrics.rows),
             "data": store.root,
             "promotion": decision.summary[:5000],
+            "data_window": window.description[:500],
             **request_tags(request_ids),
             **({"window_since": str(since)} if since is not None else {}),
         },
         example=trained.holdout[trained.columns].head(5),
-        files={DRIFT_REFERENCE: drift_reference(trained, frame, model).to_json()},
+        files={DRIFT_REFERENCE: reference.to_json(), MODEL_CARD: card.model_dump_json(indent=2)},
     )
     if decision.promote:
         registry.promote(model_name, version)

@@ -391,8 +391,18 @@ def test_concept_drift_is_detected_retrained_and_served(drift_stack: RunningStac
         )
     ]
     performance = [e for e in events if e.kind == "performance"]
-    assert [e.statistic for e in performance] == ["mann_whitney_log_loss", "refit_after_drift"]
+    assert [e.statistic for e in performance] == ["mann_whitney_log_loss"]
     assert performance[0].change_point is not None
+    # The refit was the monitor's request on the window since the same change point.
+    asks = [
+        RetrainModel.from_bytes(d.value)
+        for d in asyncio.run(
+            read_to_end(stack.settings.kafka_bootstrap, stack.settings.topics.retrain)
+        )
+    ]
+    assert [(a.requested_by, a.since) for a in asks] == [
+        ("drift-monitor", performance[0].change_point)
+    ]
     registry = MlflowRegistry(stack.settings.tracking_uri, stack.settings.artifact_root)
     [info] = [v for v in registry.list_versions(model.name) if v.version == new_version]
     assert "window_since" in info.tags and "drift" in info.tags["reason"]

@@ -12,3 +12,4 @@ SHA256_TAG = "model_sha256"
 REQUEST_TAG_PREFIX = "request."
 EXPERIMENT_PREFIX = "signalops-"
 DRIFT_REFERENCE = "drift_reference.json"  # quantile bins of the training set (monitor)
+MODEL_CARD = "model_card.json"  # what a version was trained on, how it scored, why promoted

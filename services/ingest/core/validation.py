@@ -126,6 +126,13 @@ def validate_outcome(record: bytes | Any, definitions: Definitions, now: datetim
         raise RecordInvalid(
             OUT_OF_RANGE, detail=f"label is {outcome.label}; send a finite number, e.g. 0 or 1"
         )
+    if model.is_binary and outcome.label not in (0.0, 1.0):
+        # A 0.7 for a binary model is a bug upstream; rounding it would train on a guess.
+        raise RecordInvalid(
+            OUT_OF_RANGE,
+            detail=f"label is {outcome.label}; model {model.name!r} is a binary classifier "
+            f"(objective {model.lightgbm.get('objective', 'binary')!r}): send 0 or 1",
+        )
     skew = min(
         definitions.source(view.source).max_future_skew_s
         for view in definitions.views_of_model(model)

@@ -1,7 +1,9 @@
 """The label join: one entity's signals and outcomes become point-in-time training rows.
 
-Pure pandas in, pandas out. Ray Data runs `rows_for_entity` once per entity
-(adapters/ray_data.py); the unit tests call it directly. Features come from
+Pure pandas in, pandas out. It answers the labels the served-features join
+(core/served_rows.py) leaves to it: `rows_for_entity` runs once per entity, in
+process or on Ray Data (adapters/training_frame.py, adapters/ray_data.py); the unit
+tests call it directly. Features come from
 `libs.common.features.compute_view`, the function the streaming path calls, so a
 training row and a served row of the same events are equal (no skew).
 """
@@ -30,6 +32,10 @@ LABEL = "label"
 TS = "ts"
 ENTITY = "entity_id"
 OUTCOME_ID = "outcome_id"
+
+# Entity and outcome ids in training frames: pandas' string dtype, what Arrow's
+# `to_pandas` gives them (the Ray Data join's frames always had it).
+ID_DTYPE = pd.StringDtype(na_value=np.nan)
 
 KIND = "kind"
 SIGNAL, OUTCOME, PREDICTION = "signal", "outcome", "prediction"
@@ -98,9 +104,23 @@ def empty_rows(spec: JoinSpec) -> pd.DataFrame:
     cols: dict[str, pd.Series] = {c: pd.Series(dtype="float64") for c in spec.feature_columns}
     cols[LABEL] = pd.Series(dtype="float64")
     cols[TS] = pd.Series(dtype="float64")
-    cols[ENTITY] = pd.Series(dtype="object")
-    cols[OUTCOME_ID] = pd.Series(dtype="object")
+    cols[ENTITY] = pd.Series(dtype=ID_DTYPE)
+    cols[OUTCOME_ID] = pd.Series(dtype=ID_DTYPE)
     return pd.DataFrame(cols)
+
+
+def finish_frame(frame: pd.DataFrame, spec: JoinSpec) -> pd.DataFrame:
+    """A training frame in canonical form: `spec.columns`, float64 numbers, string ids,
+    ordered by as-of time then outcome id (joins and partitions arrive in any order).
+
+    Arrow stores NaN as null, and a block whose column is all null comes back as object
+    None: numbers are cast back to float64 (LightGBM rejects Arrow-backed dtypes).
+    """
+    if frame.empty:
+        return empty_rows(spec)
+    numeric = {c: "float64" for c in [*spec.feature_columns, LABEL, TS]}
+    frame = frame[spec.columns].astype({**numeric, ENTITY: ID_DTYPE, OUTCOME_ID: ID_DTYPE})
+    return frame.sort_values([TS, OUTCOME_ID], kind="stable").reset_index(drop=True)
 
 
 def as_of_time(

@@ -2,11 +2,15 @@
 
 Pure: a frame in, a booster and its metrics out. The newest rows (by as-of time)
 are the holdout, so the metrics say how the model does on data after what it saw.
+How the booster is fitted is injected (`Fit`): in process here (`local_fit`), or on
+the Ray cluster (`services/retrain/adapters/ray_train.py`) for training sets larger
+than one worker; both share the split and the holdout metrics.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +25,13 @@ from services.retrain.core.dataset import LABEL, TS
 from services.retrain.errors import NoTrainingData
 
 DEFAULT_HOLDOUT_FRACTION = 0.2
+
+Fit = Callable[[pd.DataFrame, list[str], np.ndarray | None, dict[str, Any], int], lgb.Booster]
+"""(training rows, feature columns, sample weights or None, LightGBM params, rounds) -> booster.
+
+The rows hold `columns` and `label`; weights, when given, align with the rows. A fit
+returns a booster whose feature names are `columns`, in that order.
+"""
 
 
 @dataclass(frozen=True)
@@ -93,11 +104,53 @@ def lightgbm_params(model: ModelDefinition) -> dict[str, Any]:
     return params
 
 
+def local_fit(
+    train: pd.DataFrame,
+    columns: list[str],
+    weights: np.ndarray | None,
+    params: dict[str, Any],
+    rounds: int,
+) -> lgb.Booster:
+    """Fit in this process with plain LightGBM: the path for sets that fit one worker."""
+    dataset = lgb.Dataset(
+        train[columns].to_numpy(dtype="float64"),
+        label=train[LABEL].to_numpy(dtype="float64"),
+        weight=weights,
+        feature_name=columns,
+        free_raw_data=True,
+    )
+    return lgb.train(params, dataset, num_boost_round=rounds)
+
+
+def fit_by_size(max_local_rows: int, large: Fit, small: Fit = local_fit) -> Fit:
+    """A fit that trains sets of more than `max_local_rows` rows with `large`, others with `small`.
+
+    `max_local_rows=0` sends every set to `large` (how the tests force the distributed path).
+    """
+
+    def fit(
+        train: pd.DataFrame,
+        columns: list[str],
+        weights: np.ndarray | None,
+        params: dict[str, Any],
+        rounds: int,
+    ) -> lgb.Booster:
+        chosen = large if len(train) > max_local_rows else small
+        return chosen(train, columns, weights, params, rounds)
+
+    return fit
+
+
+_WEIGHT = "__weight__"  # carries sample weights through the time split
+
+
 def train_booster(
     frame: pd.DataFrame,
     model: ModelDefinition,
     *,
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
+    weights: np.ndarray | None = None,
+    fit: Fit = local_fit,
 ) -> TrainedModel:
     """Train on the older rows of `frame` and measure on the newest ones.
 
@@ -105,6 +158,10 @@ def train_booster(
         frame: a training frame (`model_columns(model)`, `label`, `ts`).
         model: the model definition (LightGBM parameters, boosting rounds).
         holdout_fraction: share of the newest rows held out for the metrics.
+        weights: LightGBM sample weights, one per row of `frame` (the data window's
+            time decay); None weighs rows equally. The holdout metrics are unweighted.
+        fit: how the booster is fitted on the training rows (`local_fit`, or the
+            distributed fit of `adapters/ray_train.py` through `fit_by_size`).
 
     Returns:
         The booster (trained on the older rows only, so the metrics describe it),
@@ -116,7 +173,12 @@ def train_booster(
     columns = model_columns(model)
     if len(frame) < 2:
         raise NoTrainingData(f"model {model.name!r}: {len(frame)} labelled rows, need at least 2")
+    if weights is not None:
+        if len(weights) != len(frame):
+            raise ValueError(f"{len(weights)} weights for {len(frame)} rows")
+        frame = frame.assign(**{_WEIGHT: np.asarray(weights, dtype="float64")})
     train, holdout = time_split(frame, holdout_fraction)
+    holdout = holdout.drop(columns=[_WEIGHT], errors="ignore")
     y_train = train[LABEL].to_numpy(dtype="float64")
     if len(np.unique(y_train)) < 2:
         raise NoTrainingData(
@@ -124,13 +186,8 @@ def train_booster(
             "a classifier needs both classes"
         )
     params = lightgbm_params(model)
-    dataset = lgb.Dataset(
-        train[columns].to_numpy(dtype="float64"),
-        label=y_train,
-        feature_name=columns,
-        free_raw_data=True,
-    )
-    booster = lgb.train(params, dataset, num_boost_round=model.num_boost_round)
+    w_train = train[_WEIGHT].to_numpy() if weights is not None else None
+    booster = fit(train, columns, w_train, params, model.num_boost_round)
 
     y_hold = holdout[LABEL].to_numpy(dtype="float64")
     p_hold = score(booster, holdout, columns)

@@ -20,7 +20,7 @@ from libs.common.clients.kafka.reader import read_to_end
 from libs.common.definitions import load_definitions
 from libs.common.features import model_columns
 from libs.common.registry import DRIFT_REFERENCE, MlflowRegistry
-from libs.common.schemas import DriftDetected, ModelRef, Outcome, PredictionMade
+from libs.common.schemas import DriftDetected, ModelRef, Outcome, PredictionMade, RetrainModel
 from services.retrain.core.drift.reference import PREDICTION, DriftReference
 from services.retrain.monitoring import DriftMonitorHandlers
 
@@ -104,8 +104,14 @@ async def test_concept_drift_on_the_broker_becomes_a_performance_event_and_a_ref
                 for d in await read_to_end(kafka_bootstrap, t.drift)
             ]
 
+        async def retrain_requests() -> list[RetrainModel]:
+            return [
+                RetrainModel.from_bytes(d.value)
+                for d in await read_to_end(kafka_bootstrap, t.retrain)
+            ]
+
         deadline = time.monotonic() + 90
-        while len(found := await drift_events()) < 2:
+        while not (found := await drift_events()) or not await retrain_requests():
             state = monitor.monitors[model.name]
             assert time.monotonic() < deadline, (
                 f"no drift event: {state.counts}, "
@@ -114,17 +120,21 @@ async def test_concept_drift_on_the_broker_becomes_a_performance_event_and_a_ref
             await asyncio.sleep(1.0)
         await asyncio.sleep(3.0)  # a duplicate, if any, would land now
         found = await drift_events()
+        asks = await retrain_requests()
     finally:
         await pub.stop()
         await runtime.stop()
-    # The drift, then the refit once 1,200 labels since the change point arrived.
-    assert [(e.kind, e.statistic) for e in found] == [
-        ("performance", "mann_whitney_log_loss"),
-        ("performance", "refit_after_drift"),
-    ]
+    # One drift event, then a retrain request once 1,200 labels since its change point
+    # arrived (the refit on a larger window).
+    assert [(e.kind, e.statistic) for e in found] == [("performance", "mann_whitney_log_loss")]
     event = found[0]
     assert (event.model, event.version) == (model.name, version)
-    assert found[1].change_point == event.change_point
+    [refit] = asks
+    assert (refit.model, refit.since, refit.requested_by) == (
+        model.name,
+        event.change_point,
+        "drift-monitor",
+    )
     assert event.change_point is not None
     estimated = (event.change_point - t0).total_seconds()
     assert abs(estimated - change) <= 100, estimated

@@ -16,10 +16,12 @@ from libs.common.errors import RollbackUnavailable
 from libs.common.features import model_columns
 from libs.common.offline import OfflineStore
 from libs.common.registry import DRIFT_REFERENCE, MlflowRegistry
+from libs.common.registry.aliases import MODEL_CARD
 from libs.common.schemas import utcnow
 from services.retrain.admin import promote_version, rollback_model
 from services.retrain.bootstrap import bootstrap_models, bootstrap_root, write_synthetic_history
 from services.retrain.core.drift.reference import PREDICTION, DriftReference
+from services.retrain.core.model_card import ModelCard
 from services.retrain.errors import NoTrainingData
 from services.retrain.train import train_model
 
@@ -87,7 +89,7 @@ def test_train_model_on_the_offline_store_registers_version_2(retrain_settings) 
     assert result.previous_champion == "1"
     assert result.promoted, result.decision.reasons
     # The champion is scored on the new holdout too, where the flipped truth sinks it.
-    [vs_champion] = [r for r in result.decision.reasons if "champion same-holdout auc" in r]
+    [vs_champion] = [r for r in result.decision.reasons if "same-holdout auc" in r]
     assert float(vs_champion.split("auc ")[-1].split(" ")[0]) < 0.5
     assert [e.kind for e in result.events()] == ["registered", "promoted"]
     versions = {v.version: v for v in registry.list_versions(name)}
@@ -104,6 +106,15 @@ def test_train_model_on_the_offline_store_registers_version_2(retrain_settings) 
     # Keyed 'view.feature', as serve logs the inputs with each prediction.
     assert set(reference.columns) == {*definitions.model(name).features, PREDICTION}
     assert all(abs(sum(r.shares) - 1.0) < 1e-9 for r in reference.columns.values())
+    # So is its model card, with the window, both models' metrics and every gate.
+    card_text = registry.read_file(name, "2", MODEL_CARD)
+    assert card_text is not None
+    card = ModelCard.model_validate_json(card_text).for_version("2")
+    assert (card.model, card.version, card.promoted) == (name, "2", True)
+    assert (card.data.rows, card.data.holdout_rows) == (2400, 480)
+    assert card.champion_version == "1" and card.champion is not None
+    assert [g.name for g in card.gates if g.status == "fail"] == []
+    assert {f.feature for f in card.feature_importance} == set(definitions.model(name).features)
 
     # A window since a time after all of this data: nothing to train on, nothing registered.
     with pytest.raises(NoTrainingData, match="as of"):

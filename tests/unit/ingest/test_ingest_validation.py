@@ -291,6 +291,13 @@ OUTCOME_REJECTIONS: list[tuple[str, Callable[[Record], Any], str, str]] = [
     ),
     ("infinite_label", envelope(label=float("inf")), "out_of_range", r"label is inf"),
     (
+        "fractional_label_of_binary_model",
+        envelope(label=0.7),
+        "out_of_range",
+        r"label is 0.7; model 'default' is a binary classifier .* send 0 or 1",
+    ),
+    ("label_two_of_binary_model", envelope(label=2), "out_of_range", r"send 0 or 1"),
+    (
         "from_the_future",
         envelope(event_time="2026-11-22T10:05:01Z"),
         "from_the_future",

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from libs.common.schemas import ModelRef, Outcome, PredictionMade
+from libs.common.schemas import DriftDetected, ModelRef, Outcome, PredictionMade, RetrainModel
 from services.retrain.core.drift.monitor import ModelMonitor, MonitorPolicy
 from services.retrain.core.drift.reference import PREDICTION, DriftReference
 
@@ -70,10 +70,12 @@ def test_concept_drift_is_one_performance_event_after_the_post_change_labels() -
     monitor = _monitor(rng)
     assert _stream(monitor, rng, 0, 5000, flip=False) == []
     events = _stream(monitor, rng, 5000, 3000, flip=True)
-    # The drift, then (1,200 labels after the change point) the refit on more data.
+    # One drift event, then (1,200 labels after the change point) a retrain request on
+    # the larger window since the same change point.
     event, refit = events
-    assert (refit.statistic, refit.change_point) == ("refit_after_drift", event.change_point)
-    assert refit.value >= MonitorPolicy().refit_labels
+    assert isinstance(event, DriftDetected) and isinstance(refit, RetrainModel)
+    assert (refit.since, refit.requested_by) == (event.change_point, "drift-monitor")
+    assert f"{MonitorPolicy().refit_labels} labels since" in refit.reason
     assert (event.kind, event.feature, event.version) == ("performance", "log_loss", "1")
     assert event.change_point is not None
     assert abs((event.change_point - (T0 + timedelta(seconds=5000))).total_seconds()) <= 60
@@ -87,7 +89,14 @@ def test_covariate_drift_names_the_feature() -> None:
     monitor = _monitor(rng)
     assert _stream(monitor, rng, 0, 3000, flip=False) == []
     events = _stream(monitor, rng, 3000, 3000, flip=False, shift=1.5)
-    assert [(e.kind, e.feature) for e in events] == [("feature", "v.b")]
+    # The drift at once; retrains on the window since its change point once 300 and
+    # then 1,200 labels arrived after it (the drift itself has too few to learn from).
+    drift, *asks = events
+    assert isinstance(drift, DriftDetected) and (drift.kind, drift.feature) == ("feature", "v.b")
+    assert [type(a) for a in asks] == [RetrainModel, RetrainModel]
+    assert all(isinstance(a, RetrainModel) and a.since == drift.change_point for a in asks)
+    assert ["300 labels since" in a.reason for a in asks] == [True, False]  # type: ignore[union-attr]
+    assert len({a.event_id for a in asks}) == 2
 
 
 def test_fallback_answers_and_unknown_labels_are_not_judged() -> None:
@@ -119,3 +128,36 @@ def test_a_label_read_before_its_prediction_waits_for_it() -> None:
     assert monitor.counts.waiting == 1
     monitor.on_prediction(p)
     assert (monitor.counts.waiting, monitor.counts.joined) == (0, 1)
+
+
+def test_a_correction_is_counted_and_not_judged_twice() -> None:
+    """A second label for the same prediction (before or after the prediction is read)
+    is counted as a correction; the rolling metrics hold one label per answer."""
+    monitor = _monitor(np.random.default_rng(3))
+    p = PredictionMade(
+        entity_id="e1",
+        event_time=T0,
+        model=ModelRef(name="m", version="1", variant="champion"),
+        score=0.9,
+        features={c: 0.0 for c in COLUMNS},
+    )
+    early = Outcome(model="m", entity_id="e1", label=0.0, prediction_id=p.event_id, event_time=T0)
+    fixed = Outcome(
+        model="m",
+        entity_id="e1",
+        label=1.0,
+        prediction_id=p.event_id,
+        event_time=T0 + timedelta(seconds=5),
+    )
+    # Both labels arrive before their prediction: the latest one waits in its place.
+    assert monitor.on_outcome(early) == [] and monitor.on_outcome(fixed) == []
+    assert (monitor.counts.waiting, monitor.counts.corrected) == (1, 1)
+    monitor.on_prediction(p)
+    assert (monitor.counts.waiting, monitor.counts.joined) == (0, 1)
+    # A third label after the answer was judged: counted, not judged again.
+    again = Outcome(model="m", entity_id="e1", label=0.0, prediction_id=p.event_id, event_time=T0)
+    monitor.on_outcome(again.model_copy(update={"event_id": "another"}))
+    assert monitor.counts.corrected == 2
+    [window] = monitor.rolling().values()
+    metrics = window.metrics()
+    assert metrics is not None and metrics.labels == 1 and metrics.accuracy == 1.0

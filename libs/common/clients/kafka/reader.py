@@ -1,4 +1,5 @@
-"""Reading a whole topic as it is now, without a group (operator tools)."""
+"""Reading a topic as it is now, whole or its tail, without a group (operator tools,
+and the drift monitor rebuilding its windows at start)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,20 @@ async def read_to_end(
     last batch's base offset + 1, so records of that batch lie past the reported end.
     Raises TimeoutError after `within_s`.
     """
+    return await read_tail(bootstrap, topic, last=None, client_id=client_id, within_s=within_s)
+
+
+async def read_tail(
+    bootstrap: str,
+    topic: str,
+    *,
+    last: int | None,
+    client_id: str = "signalops-cli",
+    within_s: float = 60.0,
+) -> list[Delivery[bytes]]:
+    """The newest `last` records of each partition of `topic` (all of them when None),
+    read as `read_to_end` reads. Raises TimeoutError after `within_s`.
+    """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, client_id=client_id
     )
@@ -34,6 +49,10 @@ async def read_to_end(
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
+        if last is not None:
+            for tp in tps:
+                start = max(await consumer.position(tp), end[tp] - last)
+                consumer.seek(tp, start)
         out: list[Delivery[bytes]] = []
         remaining = {tp for tp in tps if end[tp] > await consumer.position(tp)}
         async with asyncio.timeout(within_s):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-from libs.common.schemas import DriftDetected, Outcome, PredictionMade
+from libs.common.schemas import DriftDetected, Outcome, PredictionMade, RetrainModel, stable_id
 from services.retrain.core.drift.features import (
     FeatureAlarm,
     FeatureDriftMonitor,
@@ -68,13 +68,22 @@ class VersionState:
     reported: bool = False
 
 
+Finding = DriftDetected | RetrainModel
+"""What the monitor reports: a drift (drift.events), or a retrain it asks for once
+enough labels since a drift's change point arrived (retrain.requests)."""
+
+REQUESTED_BY = "drift-monitor"
+
+
 @dataclass
 class _Refit:
-    """The follow-up retrain after a concept drift: counts labels since its change point."""
+    """The retrains that follow a drift: labels since its change point are counted, and
+    a retrain on them is asked for at each of `at_labels`."""
 
     change_at: float
+    drift: str  # what drifted, for the request's reason
+    at_labels: tuple[int, ...]
     labels: int = 0
-    done: bool = False
 
 
 @dataclass
@@ -84,6 +93,7 @@ class JoinCounts:
     waiting: int = 0  # labels read before their prediction, parked until it arrives
     unjoined: int = 0  # labels whose prediction never came (evicted) or was not named
     invalid_label: int = 0
+    corrected: int = 0  # a second label for a prediction already judged (not judged again)
 
 
 class ModelMonitor:
@@ -104,6 +114,7 @@ class ModelMonitor:
         # Ids already fed: a batch the runtime delivers again (a failed publish) must not
         # count its records twice.
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._judged: OrderedDict[str, None] = OrderedDict()  # prediction ids with a label
 
     def seen(self, event_id: str) -> bool:
         """True when this record was fed before; remembers it otherwise (bounded)."""
@@ -146,7 +157,7 @@ class ModelMonitor:
         return state
 
     # predictions -------------------------------------------------------------------
-    def on_prediction(self, p: PredictionMade) -> list[DriftDetected]:
+    def on_prediction(self, p: PredictionMade) -> list[Finding]:
         self._remember(p)
         early = self._waiting.pop(p.event_id, None)
         if early is not None:
@@ -155,7 +166,7 @@ class ModelMonitor:
             return self.on_outcome(early) if early is not None else []
         state = self._state(p.model.version)
         at = p.event_time.timestamp()
-        events = []
+        events: list[Finding] = []
         if state.inputs is not None:
             events += [
                 self._feature_event(a, state, "feature") for a in state.inputs.add(p.features, at)
@@ -165,6 +176,17 @@ class ModelMonitor:
                 self._feature_event(a, state, "prediction")
                 for a in state.scores.add({PREDICTION: p.score}, at)
             ]
+        for e in events:
+            if isinstance(e, DriftDetected) and e.change_point is not None:
+                # A shifted input says nothing yet of the model's answers: the trainer
+                # gets the drift now (and waits for labels), the monitor asks for a
+                # retrain on the window once `post_change_labels` labels since the
+                # change point arrived, and again at `refit_labels`.
+                self._arm(
+                    e.change_point.timestamp(),
+                    f"{e.kind} drift of {e.feature}",
+                    (self.policy.performance.post_change_labels, self.policy.refit_labels),
+                )
         if early is not None:
             events += self.on_outcome(early)
         return events
@@ -180,19 +202,32 @@ class ModelMonitor:
                 del self._latest_of_entity[old.entity_id]
 
     # labels ------------------------------------------------------------------------
-    def on_outcome(self, o: Outcome) -> list[DriftDetected]:
+    def on_outcome(self, o: Outcome) -> list[Finding]:
         """Join a label to the prediction it names (else the entity's latest one)."""
         if o.label not in (0.0, 1.0):
             self.counts.invalid_label += 1
             return []
-        served = self._served.get(o.prediction_id) if o.prediction_id else None
-        if served is not None:
+        pid = o.prediction_id
+        served = self._served.get(pid) if pid else None
+        if served is not None and pid is not None:
+            if pid in self._judged:
+                # A correction: the training join takes the latest label; the detector
+                # already judged this answer once and must not count it twice.
+                self.counts.corrected += 1
+                return []
+            self._judged[pid] = None
+            if len(self._judged) > self.policy.max_predictions:
+                self._judged.popitem(last=False)
             self.counts.joined += 1
         elif o.prediction_id is None and o.entity_id in self._latest_of_entity:
             served = self._served.get(self._latest_of_entity[o.entity_id])
             if served is not None:
                 self.counts.by_entity += 1
         if served is None and o.prediction_id:
+            if o.prediction_id in self._waiting:
+                self.counts.corrected += 1  # the latest label waits in its place
+                self._waiting[o.prediction_id] = o
+                return []
             self._waiting[o.prediction_id] = o
             self.counts.waiting += 1
             if len(self._waiting) > self.policy.max_predictions:
@@ -223,31 +258,37 @@ class ModelMonitor:
             and state.post_change >= self.policy.performance.post_change_labels
         ):
             state.reported = True
-            if self._refit is None or state.pending.change_at > self._refit.change_at:
-                self._refit = _Refit(state.pending.change_at, state.post_change)
+            # The event itself trains on the first `post_change_labels`; a refit on the
+            # larger window follows at `refit_labels`.
+            self._arm(state.pending.change_at, "performance drift", (self.policy.refit_labels,))
+            if self._refit is not None and self._refit.change_at == state.pending.change_at:
+                self._refit.labels = max(self._refit.labels, state.post_change)
             return [*refit, self._performance_event(state.pending, state)]
         return refit
 
-    def _count_for_refit(self, served: _Served) -> list[DriftDetected]:
+    def _arm(self, change_at: float, drift: str, at_labels: tuple[int, ...]) -> None:
+        """Follow the drift that began at `change_at` (the newest drift wins)."""
+        if self._refit is None or change_at > self._refit.change_at:
+            self._refit = _Refit(change_at, drift, at_labels)
+
+    def _count_for_refit(self, served: _Served) -> list[Finding]:
         refit = self._refit
-        version = served.version
-        if refit is None or refit.done or served.at < refit.change_at:
+        if refit is None or served.at < refit.change_at:
             return []
         refit.labels += 1
-        if refit.labels < self.policy.refit_labels:
+        if refit.labels not in refit.at_labels:
             return []
-        refit.done = True
+        since = datetime.fromtimestamp(refit.change_at, UTC)
         return [
-            DriftDetected(
+            RetrainModel(
+                event_id=stable_id(
+                    "retrain-after-drift", self.model, refit.change_at, refit.labels
+                ),
                 model=self.model,
-                version=version,
-                kind="performance",
-                feature="labels_since_change",
-                statistic="refit_after_drift",
-                value=float(refit.labels),
-                threshold=float(self.policy.refit_labels),
-                window=refit.labels,
-                change_point=datetime.fromtimestamp(refit.change_at, UTC),
+                reason=f"retrain after {refit.drift} (change point {since.isoformat()}): "
+                f"{refit.labels} labels since",
+                requested_by=REQUESTED_BY,
+                since=since,
             )
         ]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -56,9 +57,23 @@ class ColumnReference:
     def bin_counts(self, values: np.ndarray) -> np.ndarray:
         """Counts of present `values` per bin of this reference."""
         return np.bincount(
-            np.searchsorted(np.asarray(self.edges), values, side="right"),
+            np.searchsorted(self.edges_array, values, side="right"),
             minlength=len(self.edges) + 1,
         )
+
+    # Arrays of the tuples, built once per reference: the monitor's checks use them on
+    # every window (cached_property writes the instance dict, so frozen is no obstacle).
+    @cached_property
+    def edges_array(self) -> np.ndarray:
+        return np.asarray(self.edges, dtype=np.float64)
+
+    @cached_property
+    def shares_array(self) -> np.ndarray:
+        return np.asarray(self.shares, dtype=np.float64)
+
+    @cached_property
+    def sorted_sample(self) -> np.ndarray:
+        return np.sort(np.asarray(self.sample, dtype=np.float64))
 
 
 @dataclass(frozen=True)

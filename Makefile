@@ -28,7 +28,7 @@ status: $(STAMP)
 	$(VENV)/bin/signalops status
 
 test: $(STAMP) lint typecheck
-	$(PY) -m pytest -q tests/unit tests/integration tests/e2e
+	$(PY) -m pytest -q --durations=25 tests/unit tests/integration tests/e2e
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

@@ -25,7 +25,7 @@ from libs.common.schemas import DriftDetected, ModelRef, Outcome, PredictionMade
 from services.retrain.core.drift.reference import PREDICTION, DriftReference
 from services.retrain.monitoring import DriftMonitorHandlers
 
-CHANGE = 3000
+CHANGE = 1500
 
 
 async def _monitor(settings: Any, registry: MlflowRegistry, group: str) -> tuple[Any, Any]:

@@ -35,7 +35,7 @@ from libs.common.clients.kafka.reader import read_to_end
 from libs.common.definitions import Definitions, load_definitions
 from libs.common.features import model_columns
 from libs.common.registry import DRIFT_REFERENCE, MlflowRegistry
-from libs.common.schemas import DriftDetected, ModelRef, Outcome, PredictionMade
+from libs.common.schemas import DriftDetected, ModelRef, Outcome, PredictionMade, RetrainModel
 from services.retrain.core.dataset import LABEL, TS
 from services.retrain.core.training import train_booster
 from services.retrain.main import RetrainApp, build_app
@@ -45,7 +45,7 @@ from services.retrain.train import drift_reference
 INPUTS = [f"x{i}" for i in range(6)]
 CHUNK = 50
 LABELS = "signalops_monitor_labels"  # the monitor's gauge of labels joined, in-process
-RATE = 150.0  # rows per second: a model retrained in seconds serves within ~1,500 rows
+RATE = 200.0  # rows per second: a model retrained in seconds serves within ~2,000 rows
 
 Concept = Callable[[np.ndarray], np.ndarray]
 
@@ -124,6 +124,7 @@ class World:
         self._version: str | None = None
         self._published = 0
         self.rate = RATE
+        self.started_at = datetime.now(UTC)
 
     def champion(self) -> tuple[str, lgb.Booster]:
         """The champion serve would answer with now (reloaded when the alias moved)."""
@@ -299,8 +300,25 @@ async def test_concept_drift_is_caught_within_500_labels_and_accuracy_recovers(
     info = {v.version: v for v in registry.list_versions(world.model.name)}
     assert "window_since" in info[new[0][1]].tags and "drift" in info[new[0][1]].tags["reason"]
 
-    # 4. A rollback restores the previous champion, and serve follows it.
+    # 4. A worse candidate is registered, not promoted: asked to train on a window that
+    #    reaches back before the change, it learns the two concepts mixed, and on the
+    #    newest holdout it loses to the champion (log loss, AUC).
     champion = registry.champion_version(world.model.name)
+    known = set(info)
+    ask = RetrainModel(
+        model=world.model.name, reason="acceptance: mixed window", since=world.started_at
+    )
+    await world.publisher.publish(world.settings.topics.retrain, ask, key=world.model.name)
+    deadline = time.monotonic() + 120
+    name = world.model.name
+    while not (fresh := [v for v in registry.list_versions(name) if v.version not in known]):
+        assert time.monotonic() < deadline, "the mixed-window candidate was never registered"
+        await asyncio.sleep(0.5)
+    [worse] = fresh
+    assert worse.tags["promotion"].startswith("not promoted"), worse.tags["promotion"]
+    assert registry.champion_version(world.model.name) == champion
+
+    # 5. A rollback restores the previous champion, and serve follows it.
     moved = registry.rollback(world.model.name)
     assert moved.version != champion and registry.champion_version(world.model.name) == (
         moved.version

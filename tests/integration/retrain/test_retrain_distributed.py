@@ -29,6 +29,7 @@ from services.retrain.bootstrap import (
 )
 from services.retrain.core.dataset import LABEL, TS
 from services.retrain.core.training import fit_by_size, local_fit, train_booster
+from services.retrain.errors import NoTrainingData
 from services.retrain.train import train_model
 
 REPO = Path(__file__).resolve().parents[3]
@@ -118,10 +119,11 @@ def test_bootstrap_history_only_while_real_labels_are_few(  # type: ignore[no-un
     few = train_model(settings, definitions, name, "few labels", registry=registry)
     assert few.metrics["rows"] == bootstrap_rows + 150
 
-    # 2. With a change point the run never includes it.
+    # 2. With a change point the run never includes it: its window holds the 150 real
+    #    labels only, too few to pass min_rows, so the run waits for labels (skipped).
     since = (end - timedelta(hours=2)).timestamp()
-    windowed = train_model(settings, definitions, name, "window", registry=registry, since=since)
-    assert windowed.metrics["rows"] == 150
+    with pytest.raises(NoTrainingData, match=r"150 labelled rows in the window.*min_rows 200"):
+        train_model(settings, definitions, name, "window", registry=registry, since=since)
 
     # 3. Enough real labels: never again, and (threshold 0) the distributed path trains.
     write_synthetic_history(
@@ -150,6 +152,8 @@ def test_bootstrap_history_only_while_real_labels_are_few(  # type: ignore[no-un
     assert calls == [enough.metrics["train_rows"]]
     booster = registry.load_booster(name, enough.version)
     assert booster.feature_name() == model_columns(model)
+    windowed = train_model(settings, definitions, name, "window", registry=registry, since=since)
+    assert windowed.metrics["rows"] == 450
     tags = {v.version: v.tags for v in registry.list_versions(name)}
     assert tags[enough.version]["data_window"] == (
         "since_change: no change point, all history (450 of 450 rows)"

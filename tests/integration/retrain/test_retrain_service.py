@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
@@ -16,6 +18,7 @@ from libs.common.definitions import load_definitions
 from libs.common.offline import OUTCOMES, SIGNALS, OfflineStore
 from libs.common.registry import MlflowRegistry
 from libs.common.schemas import DeadLetter, ModelChanged, Outcome, RetrainModel
+from services.retrain import main as retrain_main
 from services.retrain.bootstrap import write_synthetic_history
 from services.retrain.main import TRAINER_GROUP, build_app
 
@@ -34,6 +37,7 @@ async def test_retrain_request_on_the_broker_ends_as_a_model_event(
     kafka_bootstrap: str,
     retrain_settings,
     tmp_path: Path,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Outcomes from the broker reach the offline store; a RetrainModel yields ModelChanged.
 
@@ -44,6 +48,15 @@ async def test_retrain_request_on_the_broker_ends_as_a_model_event(
     """
     settings = retrain_settings(kafka_bootstrap=kafka_bootstrap, consumer_max_poll_interval_ms=1000)
     name = load_definitions(settings.definitions).models[0].name
+    # Training on 1,000 rows takes well under a second now: hold each run for 2 s so it
+    # outlasts max_poll_interval for certain.
+    real_train = retrain_main.train_model
+
+    def slow_train(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(2.0)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(retrain_main, "train_model", slow_train)
     topics = settings.topics
 
     # Signals as the features service would have written them; their outcomes travel
@@ -114,7 +127,7 @@ async def test_retrain_request_on_the_broker_ends_as_a_model_event(
 
         await wait_for(version_2_promoted, timeout_s=180)
         # The run took longer than max_poll_interval, so the pause-and-poll kept the group.
-        assert asyncio.get_running_loop().time() - requested_at > 1.0
+        assert asyncio.get_running_loop().time() - requested_at > 2.0
         assert [(m.kind, m.version, m.reason) for m in seen] == [
             ("registered", "1", "bootstrap"),
             ("promoted", "1", "bootstrap"),

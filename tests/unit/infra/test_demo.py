@@ -9,14 +9,11 @@ from datetime import UTC, datetime
 import pytest
 from rich.console import Console
 
-from infra.demo import (
-    Judged,
-    Population,
-    RollingAccuracy,
-    accuracy_table,
-    loop_closed,
-    summarise,
-)
+from infra.demo.accuracy import Judged, RollingAccuracy
+from infra.demo.population import Population
+from infra.demo.summary import summarise
+from infra.demo.timeline import loop_closed
+from infra.demo.view import accuracy_table
 from libs.common.definitions import FieldSpec, FieldType, SourceDefinition
 from libs.common.synthetic import SyntheticConfig, SyntheticSource
 

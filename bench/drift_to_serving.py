@@ -397,7 +397,7 @@ def report(results: dict[str, dict[str, Any]], load: tuple[float, ...]) -> None:
         cells = []
         for r in results.values():
             v = r.get(key, "")
-            cells.append(f"{v:.2f}" if isinstance(v, float) else str(v))
+            cells.append(f"{round(v, 2) + 0.0:.2f}" if isinstance(v, float) else str(v))
         table.add_row(key, *cells)
     console.print(table)
     now = os.getloadavg()

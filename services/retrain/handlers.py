@@ -29,6 +29,7 @@ from libs.common.offline import OUTCOMES, PREDICTIONS, OfflineStore
 from libs.common.resilience import Policy, is_transient
 from libs.common.schemas import DriftDetected, Outcome, PredictionMade, RetrainModel
 from services.retrain.core import events
+from services.retrain.core.drift.monitor import REQUESTED_BY as MONITOR
 from services.retrain.core.offline_rows import batch_file_name, outcome_row, prediction_row
 from services.retrain.core.results import TrainingResult
 from services.retrain.errors import NoTrainingData, UnknownModel
@@ -38,6 +39,11 @@ from services.retrain.settings import RetrainSettings
 log = get_logger(__name__)
 
 STAGE = "retrain"
+
+# The monitor and the offline log read the same topics in separate groups: a run the
+# monitor asked for may start before the log wrote the labels it counted.
+LOG_CATCH_UP_S = 15.0
+LOG_CATCH_UP_POLL_S = 1.0
 
 Trainer = Callable[[str, str, Sequence[str], float | None], TrainingResult]
 """(model name, reason, request ids, data window start) -> result; blocking (runs in a
@@ -63,6 +69,15 @@ class TrainingJob:
 
 def _epoch(at: datetime | None) -> float | None:
     return None if at is None else at.timestamp()
+
+
+def _counted_labels(job: TrainingJob) -> bool:
+    """True when the monitor sent the ask after judging enough labels in its window
+    (a performance drift, or its own retrain request), so the labels exist."""
+    m = job.delivery.message
+    if isinstance(m, DriftDetected):
+        return m.kind == "performance"
+    return isinstance(m, RetrainModel) and m.requested_by == MONITOR
 
 
 def drift_reason(event: DriftDetected) -> str:
@@ -157,7 +172,13 @@ class RetrainHandlers:
                 context=extract_context(list(asks[0].delivery.headers)),
                 attributes={"model": model, "requests": len(asks)},
             ):
-                failure = await self.train(model, reason, [j.request_id for j in asks], since)
+                failure = await self.train(
+                    model,
+                    reason,
+                    [j.request_id for j in asks],
+                    since,
+                    labels_expected=any(_counted_labels(j) for j in asks),
+                )
             if failure is not None:
                 await self._dead_letters.reject_many(
                     [self._dead_letters.of(j.delivery, "training_failed", failure) for j in asks]
@@ -190,8 +211,15 @@ class RetrainHandlers:
         reason: str,
         request_ids: Sequence[str] = (),
         since: float | None = None,
+        *,
+        labels_expected: bool = False,
     ) -> str | None:
         """Run one training and publish what it produced.
+
+        Args:
+            labels_expected: the ask was sent after the monitor judged enough labels in
+                its window; a run that finds too few waits for the offline log (another
+                consumer group) to catch up, for up to `LOG_CATCH_UP_S`.
 
         Returns:
             None when the run registered a version or was skipped for lack of data;
@@ -199,7 +227,9 @@ class RetrainHandlers:
         """
         started = time.perf_counter()
         try:
-            result = await asyncio.to_thread(self._trainer, model, reason, request_ids, since)
+            result = await self._train_waiting_for_the_log(
+                model, reason, request_ids, since, labels_expected
+            )
         except NoTrainingData as exc:
             log.warning("training_skipped", model=model, reason=reason, detail=str(exc))
             TRAINING_RUNS.labels(model, "skipped").inc()
@@ -217,6 +247,24 @@ class RetrainHandlers:
             TRAINING_SECONDS.labels(model).observe(time.perf_counter() - started)
         await self.publish_result(result)
         return None
+
+    async def _train_waiting_for_the_log(
+        self,
+        model: str,
+        reason: str,
+        request_ids: Sequence[str],
+        since: float | None,
+        labels_expected: bool,
+    ) -> TrainingResult:
+        deadline = time.monotonic() + (LOG_CATCH_UP_S if labels_expected else 0.0)
+        while True:
+            try:
+                return await asyncio.to_thread(self._trainer, model, reason, request_ids, since)
+            except NoTrainingData:
+                if time.monotonic() >= deadline:
+                    raise
+                log.info("waiting_for_the_offline_log", model=model, since=since)
+                await asyncio.sleep(LOG_CATCH_UP_POLL_S)
 
     async def publish_result(self, result: TrainingResult) -> None:
         """Publish a run's ModelChanged facts (registered, then promoted) keyed by model."""

@@ -25,9 +25,11 @@ from infra.kafka_tools import publish_one
 from libs.common.clients.redis import RedisFeatureStore, make_redis
 from libs.common.definitions import Definitions, load_definitions
 from libs.common.net import free_port
+from libs.common.registry import MlflowRegistry
 from libs.common.schemas import RetrainModel
 from libs.common.settings import Settings
 from libs.common.synthetic import SyntheticConfig, SyntheticSource
+from services.retrain.admin import promote_version
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -232,13 +234,26 @@ def test_signals_to_prediction_to_retrained_model(stack: RunningStack) -> None:
     assert warm["model"]["version"] == "1" and warm["degraded"] is False
     assert 0.0 <= warm["score"] <= 1.0
 
-    # 4. A retrain request (what `signalops retrain` publishes) yields version 2, served.
+    # 4. A retrain request (what `signalops retrain` publishes) yields version 2. Trained
+    #    on this test's few real labels only (the bootstrap history leaves once a model
+    #    has min_rows real labels), the gates may refuse it against the bootstrap
+    #    champion; then the operator promotes it (`signalops models promote`). Either
+    #    way serve answers with it.
     request = RetrainModel(model=model.name, reason="e2e", requested_by="test")
     asyncio.run(
         publish_one(
             stack.settings.kafka_bootstrap, stack.settings.topics.retrain, request, key=model.name
         )
     )
+    registry = MlflowRegistry(stack.settings.tracking_uri, stack.settings.artifact_root)
+    [v2] = wait_for(
+        lambda: [v for v in registry.list_versions(model.name) if v.version == "2"],
+        240,
+        "version 2 registered",
+    )
+    if "champion" not in v2.aliases:
+        assert v2.tags["promotion"].startswith("not promoted"), v2.tags["promotion"]
+        asyncio.run(promote_version(stack.settings, model.name, "2"))
     new = wait_for(
         lambda: (
             (a := stack.served_version(entity, model.name)) and a["model"]["version"] == "2" and a
@@ -381,7 +396,6 @@ def test_concept_drift_is_detected_retrained_and_served(drift_stack: RunningStac
     # It was the monitor: a performance drift event with its change point, and the
     # version's training window starts there.
     from libs.common.clients.kafka.reader import read_to_end
-    from libs.common.registry import MlflowRegistry
     from libs.common.schemas import DriftDetected
 
     events = [

@@ -273,3 +273,74 @@ async def test_drift_change_point_becomes_the_data_window(settings: RetrainSetti
         ]
     )
     assert trainer.windows == [change.timestamp()]
+
+
+class LaggingLog(FakeTrainer):
+    """Finds too few rows the first `lag` times (the offline log has not caught up)."""
+
+    def __init__(self, lag: int) -> None:
+        super().__init__()
+        self.lag = lag
+
+    def __call__(
+        self, model: str, reason: str, request_ids: Sequence[str], since: float | None
+    ) -> TrainingResult:
+        if self.lag:
+            self.lag -= 1
+            self.calls.append((model, reason))
+            raise NoTrainingData("150 labelled rows in the window; waiting for labels")
+        return super().__call__(model, reason, request_ids, since)
+
+
+@pytest.mark.parametrize(
+    ("ask", "runs", "promoted"),
+    [
+        (
+            DriftDetected(
+                model="default",
+                kind="performance",
+                feature="log_loss",
+                statistic="mw",
+                value=1.0,
+                threshold=0.2,
+            ),
+            3,
+            True,
+        ),
+        (
+            RetrainModel(model="default", reason="after drift", requested_by="drift-monitor"),
+            3,
+            True,
+        ),
+        (
+            DriftDetected(
+                model="default",
+                kind="feature",
+                feature="f",
+                statistic="psi",
+                value=0.3,
+                threshold=0.2,
+            ),
+            1,
+            False,
+        ),
+        (RetrainModel(model="default", reason="by hand"), 1, False),
+    ],
+    ids=["performance_drift", "monitor_request", "feature_drift", "engineer_request"],
+)
+async def test_asks_sent_after_counted_labels_wait_for_the_offline_log(
+    settings: RetrainSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    ask: Message,
+    runs: int,
+    promoted: bool,
+) -> None:
+    """The monitor judged the labels of a performance drift (or of its own request), so a
+    run that finds too few waits for the offline log; other asks are skipped at once."""
+    monkeypatch.setattr("services.retrain.handlers.LOG_CATCH_UP_POLL_S", 0.01)
+    trainer, publisher = LaggingLog(lag=2), MemoryPublisher()
+    topic = settings.topics.drift if isinstance(ask, DriftDetected) else settings.topics.retrain
+    await _handlers(settings, trainer, publisher).on_trainer_batch([_record(topic, ask, 0)])
+    assert len(trainer.calls) == runs
+    kinds = [m.kind for m in publisher.messages[settings.topics.models]]
+    assert kinds == (["registered", "promoted"] if promoted else [])

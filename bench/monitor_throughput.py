@@ -10,6 +10,7 @@ the monitor's own work (feature and prediction drift windows and checks, the lab
 join, the loss-change detector, rolling metrics, Prometheus export).
 
     .venv/bin/python bench/monitor_throughput.py --predictions 50000 --batch 500 --baseline
+    .venv/bin/python bench/monitor_throughput.py --predictions 50000 --broker
     .venv/bin/py-spy record -o /tmp/monitor.svg -- .venv/bin/python bench/monitor_throughput.py
 """
 
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -136,6 +139,89 @@ def _measure(
     return seconds, joined, sum(len(v) for v in publisher.messages.values())
 
 
+async def _poll_until(done: Callable[[], bool], timeout_s: float = 300.0) -> float:
+    """perf_counter() when `done()` first held; TimeoutError after `timeout_s`."""
+    for _ in range(int(timeout_s / 0.01)):
+        if done():
+            return time.perf_counter()
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"not done in {timeout_s}s")
+
+
+def _through_the_broker(
+    definitions: Definitions, text: str, batches: list[list[Delivery[Any]]]
+) -> tuple[float, int, int]:
+    """The same records published to a real Tansu first, then consumed by the monitor's
+    real consume loop (decode, supervision, `on_batch`, commits): (seconds from the
+    loop's start to the last label joined, labels joined, events published)."""
+    from libs.common.binaries import tansu_command
+    from libs.common.clients.kafka import KafkaPublisher, KafkaRuntime, Subscription
+    from libs.common.net import free_port, wait_for_port
+    from libs.common.settings import Settings
+
+    port = free_port()
+    tansu = subprocess.Popen(
+        tansu_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_port(port)
+        bootstrap = f"127.0.0.1:{port}"
+        settings = Settings(kafka_bootstrap=bootstrap, kafka_partitions=2)
+        t = settings.topics
+        model = definitions.models[0].name
+        publisher = MemoryPublisher()
+        handlers = DriftMonitorHandlers(
+            definitions,
+            publisher,
+            t,
+            read_file=lambda _m, _v, _f: text,
+            metrics_of=lambda _m, _v: {"log_loss": 0.6},
+        )
+
+        async def run() -> float:
+            runtime = KafkaRuntime(settings, client_id="bench-monitor")
+            runtime.subscribe(
+                Subscription(
+                    name="monitor",
+                    topics={t.predictions: PredictionMade, t.outcomes: Outcome},
+                    handler=handlers.on_batch,
+                    group="bench-monitor",
+                )
+            )
+            out = KafkaPublisher(bootstrap, client_id="bench")
+            await out.start()
+            await runtime.start()  # creates the topics
+            await runtime.stop()
+            topic = {"predictions": t.predictions, "outcomes": t.outcomes}
+            for b in batches:
+                await out.publish_many([(topic[d.topic], d.message, d.key) for d in b])
+            await out.stop()
+            labels = sum(isinstance(d.message, Outcome) for b in batches for d in b)
+            runtime = KafkaRuntime(settings, client_id="bench-monitor")
+            runtime.subscribe(
+                Subscription(
+                    name="monitor",
+                    topics={t.predictions: PredictionMade, t.outcomes: Outcome},
+                    handler=handlers.on_batch,
+                    group="bench-monitor",
+                )
+            )
+            await runtime.start()
+            # The clock starts once the loop joined its group (Tansu's join takes ~5 s).
+            started = await _poll_until(runtime.all_started)
+            await _poll_until(lambda: handlers.monitors[model].counts.joined >= labels)
+            seconds = time.perf_counter() - started
+            await runtime.stop()
+            return seconds
+
+        seconds = asyncio.run(run())
+        joined = handlers.monitors[model].counts.joined
+        return seconds, joined, sum(len(v) for v in publisher.messages.values())
+    finally:
+        tansu.terminate()
+        tansu.wait(timeout=10)
+
+
 def main() -> None:
     """Build the batches, then time the monitor on them (and the baseline, if asked)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -146,6 +232,11 @@ def main() -> None:
         "--baseline",
         action="store_true",
         help="first run with one scipy ks_2samp per check (the monitor before the memo)",
+    )
+    parser.add_argument(
+        "--broker",
+        action="store_true",
+        help="also through a real Tansu and the monitor's real consume loop",
     )
     args = parser.parse_args()
 
@@ -178,6 +269,10 @@ def main() -> None:
         finally:
             drift_features.ks_pvalue = memoised  # type: ignore[assignment]
     runs.append(("now", *_measure(definitions, text, batches)))
+    if args.broker:
+        # Listed first so the verdict below stays on `on_batch` alone; both are printed.
+        broker = _through_the_broker(definitions, text, batches)
+        runs.insert(0, ("now, through Tansu and the consume loop", *broker))
     for name, seconds, joined, events in runs:
         table.add_row(
             name,

@@ -253,7 +253,8 @@ def train_model(
             **({"window_since": str(since)} if since is not None else {}),
         },
         example=trained.holdout[trained.columns].head(5),
-        files={DRIFT_REFERENCE: reference.to_json(), MODEL_CARD: card.model_dump_json(indent=2)},
+        files={DRIFT_REFERENCE: reference.to_json()},
+        version_files=lambda v: {MODEL_CARD: card.for_version(v).model_dump_json(indent=2)},
     )
     if decision.promote:
         registry.promote(model_name, version)

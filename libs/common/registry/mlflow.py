@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,6 +85,7 @@ class Registry(Protocol):
         tags: dict[str, str],
         example: pd.DataFrame | None = None,
         files: dict[str, str] | None = None,
+        version_files: Callable[[str], dict[str, str]] | None = None,
     ) -> str: ...
 
     def promote(self, model: str, version: str) -> AliasMove: ...
@@ -167,6 +168,7 @@ class MlflowRegistry:
         tags: dict[str, str],
         example: pd.DataFrame | None = None,
         files: dict[str, str] | None = None,
+        version_files: Callable[[str], dict[str, str]] | None = None,
     ) -> str:
         """Log a run with params and metrics, and register its booster as a new version.
 
@@ -182,6 +184,8 @@ class MlflowRegistry:
             example: a few input rows; their column order is recorded on the run.
             files: text files stored next to the model (name -> content), e.g. the
                 drift reference; read back with `read_file`.
+            version_files: files that need the version number (e.g. the model card),
+                built from it once MLflow assigned it and stored the same way.
 
         Returns:
             The new version number, as a string.
@@ -215,7 +219,17 @@ class MlflowRegistry:
         mv = client.create_model_version(
             model, source, run_id=run_id, tags={**tags, SHA256_TAG: digest}
         )
-        return str(mv.version)
+        version = str(mv.version)
+        if version_files is not None:
+            self._store_files(run_id, version_files(version))
+        return version
+
+    def _store_files(self, run_id: str, files: dict[str, str]) -> None:
+        with tempfile.TemporaryDirectory(prefix="signalops-file-") as tmp:
+            for name, text in files.items():
+                path = Path(tmp) / name
+                path.write_text(text)
+                self._client.log_artifact(run_id, str(path), artifact_path=MODEL_ARTIFACT_DIR)
 
     def _ensure_registered(self, model: str) -> None:
         from mlflow.exceptions import MlflowException

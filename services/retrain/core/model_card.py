@@ -98,9 +98,9 @@ class Gate(_Card):
 class ModelCard(_Card):
     """Everything worth knowing about one registered version, as stored with it.
 
-    `version` is None in the stored file: the registry numbers a version only after
-    its files are stored, so readers fill it in from the version they read
-    (`for_version`).
+    `version` is filled in once the registry numbered the version (`for_version`,
+    through `register(version_files=...)`); cards stored before that hold None, and
+    readers fill it in from the version they read.
     """
 
     schema_version: int = CARD_SCHEMA_VERSION

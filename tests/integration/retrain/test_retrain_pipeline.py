@@ -109,7 +109,7 @@ def test_train_model_on_the_offline_store_registers_version_2(retrain_settings) 
     # So is its model card, with the window, both models' metrics and every gate.
     card_text = registry.read_file(name, "2", MODEL_CARD)
     assert card_text is not None
-    card = ModelCard.model_validate_json(card_text).for_version("2")
+    card = ModelCard.model_validate_json(card_text)  # stored with its version number
     assert (card.model, card.version, card.promoted) == (name, "2", True)
     assert (card.data.rows, card.data.holdout_rows) == (2400, 480)
     assert card.champion_version == "1" and card.champion is not None

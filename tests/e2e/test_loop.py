@@ -251,8 +251,8 @@ def test_signals_to_prediction_to_retrained_model(stack: RunningStack) -> None:
         240,
         "version 2 registered",
     )
-    if "champion" not in v2.aliases:
-        assert v2.tags["promotion"].startswith("not promoted"), v2.tags["promotion"]
+    # The gates' verdict is on the version from registration on (the alias moves after).
+    if v2.tags["promotion"].startswith("not promoted"):
         asyncio.run(promote_version(stack.settings, model.name, "2"))
     new = wait_for(
         lambda: (

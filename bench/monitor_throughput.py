@@ -155,7 +155,7 @@ def _through_the_broker(
     real consume loop (decode, supervision, `on_batch`, commits): (seconds from the
     loop's start to the last label joined, labels joined, events published)."""
     from libs.common.binaries import tansu_command
-    from libs.common.clients.kafka import KafkaPublisher, KafkaRuntime, Subscription
+    from libs.common.clients.kafka import KafkaPublisher, KafkaRuntime
     from libs.common.net import free_port, wait_for_port
     from libs.common.settings import Settings
 
@@ -180,14 +180,7 @@ def _through_the_broker(
 
         async def run() -> float:
             runtime = KafkaRuntime(settings, client_id="bench-monitor")
-            runtime.subscribe(
-                Subscription(
-                    name="monitor",
-                    topics={t.predictions: PredictionMade, t.outcomes: Outcome},
-                    handler=handlers.on_batch,
-                    group="bench-monitor",
-                )
-            )
+            runtime.subscribe(handlers.subscription(group="bench-monitor"))
             out = KafkaPublisher(bootstrap, client_id="bench")
             await out.start()
             await runtime.start()  # creates the topics
@@ -198,14 +191,7 @@ def _through_the_broker(
             await out.stop()
             labels = sum(isinstance(d.message, Outcome) for b in batches for d in b)
             runtime = KafkaRuntime(settings, client_id="bench-monitor")
-            runtime.subscribe(
-                Subscription(
-                    name="monitor",
-                    topics={t.predictions: PredictionMade, t.outcomes: Outcome},
-                    handler=handlers.on_batch,
-                    group="bench-monitor",
-                )
-            )
+            runtime.subscribe(handlers.subscription(group="bench-monitor"))
             await runtime.start()
             # The clock starts once the loop joined its group (Tansu's join takes ~5 s).
             started = await _poll_until(runtime.all_started)

@@ -108,11 +108,9 @@ def build_app(settings: RetrainSettings, *, registry: Registry | None = None) ->
         definitions, kafka, t, registry.read_file, registry.version_metrics
     )
     kafka.subscribe(
-        Subscription(
-            name=f"{SERVICE} monitor",
-            topics={t.predictions: PredictionMade, t.outcomes: Outcome},
-            handler=monitor.on_batch,
+        monitor.subscription(
             group=MONITOR_GROUP,
+            name=f"{SERVICE} monitor",
             max_attempts=settings.consumer_max_attempts,
         )
     )

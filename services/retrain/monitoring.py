@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from libs.common.clients.kafka import Delivery, Publisher
+from libs.common.clients.kafka import Delivery, Publisher, Subscription
 from libs.common.clients.kafka.reader import read_tail
 from libs.common.definitions import Definitions, ModelDefinition
 from libs.common.observability import get_logger
@@ -98,6 +98,19 @@ class DriftMonitorHandlers:
         # failed publish (the batch is redelivered, its records already fed) loses none.
         self._outbox: list[Finding] = []
         self._feeding = asyncio.Lock()
+
+    def subscription(
+        self, *, group: str, name: str = "retrain monitor", max_attempts: int = 5
+    ) -> Subscription:
+        """The monitor's consume loop: predictions and outcomes into `on_batch`."""
+        t = self._topics
+        return Subscription(
+            name=name,
+            topics={t.predictions: PredictionMade, t.outcomes: Outcome},
+            handler=self.on_batch,
+            group=group,
+            max_attempts=max_attempts,
+        )
 
     async def warm_up(self, bootstrap: str, last: int) -> int:
         """Rebuild the windows from the newest `last` records per partition of both topics.

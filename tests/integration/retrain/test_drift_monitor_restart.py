@@ -12,18 +12,15 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import lightgbm as lgb
-import numpy as np
 import pytest
 
-from libs.common.clients.kafka import KafkaPublisher, KafkaRuntime, Subscription
+from libs.common.clients.kafka import KafkaPublisher, KafkaRuntime
 from libs.common.clients.kafka.reader import read_to_end
 from libs.common.definitions import load_definitions
-from libs.common.features import model_columns
-from libs.common.registry import DRIFT_REFERENCE, MlflowRegistry
-from libs.common.schemas import DriftDetected, ModelRef, Outcome, PredictionMade
-from services.retrain.core.drift.reference import PREDICTION, DriftReference
+from libs.common.registry import MlflowRegistry
+from libs.common.schemas import DriftDetected
 from services.retrain.monitoring import DriftMonitorHandlers
+from tests.integration.retrain.concept_stream import ConceptStream
 
 CHANGE = 1500
 
@@ -32,15 +29,7 @@ async def _monitor(settings: Any, registry: MlflowRegistry, group: str) -> tuple
     definitions = load_definitions(settings.definitions)
     runtime = KafkaRuntime(settings, client_id="retrain")
     monitor = DriftMonitorHandlers(definitions, runtime, settings.topics, registry.read_file)
-    t = settings.topics
-    runtime.subscribe(
-        Subscription(
-            name="retrain monitor",
-            topics={t.predictions: PredictionMade, t.outcomes: Outcome},
-            handler=monitor.on_batch,
-            group=group,
-        )
-    )
+    runtime.subscribe(monitor.subscription(group=group))
     await runtime.start()
     return runtime, monitor
 
@@ -61,51 +50,11 @@ async def test_restarted_monitor_catches_a_drift_begun_before_the_restart(
     to compare with and stays silent, so the test above cannot pass by accident."""
     settings = retrain_settings(kafka_bootstrap=kafka_bootstrap)
     model = load_definitions(settings.definitions).models[0]
-    columns = model_columns(model)
-    rng = np.random.default_rng(4)
-    x = rng.normal(size=(4000, len(columns)))
-    booster = lgb.train(
-        {"objective": "binary", "verbose": -1, "num_leaves": 7},
-        lgb.Dataset(x, (x[:, 0] > 0).astype(float), feature_name=columns),
-        num_boost_round=20,
-    )
-    reference = DriftReference.of(
-        {**{f: x[:, i] for i, f in enumerate(model.features)}, PREDICTION: booster.predict(x)}
-    )
     registry = MlflowRegistry.from_settings(settings)
-    version = registry.register(
-        model.name,
-        booster,
-        params={},
-        metrics={},
-        tags={},
-        files={DRIFT_REFERENCE: reference.to_json()},
-    )
     t = settings.topics
     t0 = datetime.now(UTC) - timedelta(hours=2)
-
-    def rows(start: int, n: int) -> list[tuple[str, Any, str]]:
-        xs = rng.normal(size=(n, len(columns)))
-        items: list[tuple[str, Any, str]] = []
-        for i, (row, score) in enumerate(zip(xs, booster.predict(xs), strict=True), start):
-            at = t0 + timedelta(seconds=i)
-            p = PredictionMade(
-                entity_id=f"e{i}",
-                event_time=at,
-                model=ModelRef(name=model.name, version=version, variant="champion"),
-                score=float(score),
-                features=dict(zip(model.features, row.tolist(), strict=True)),
-            )
-            label = float((row[0] > 0) != (i >= CHANGE))
-            o = Outcome(
-                model=model.name,
-                entity_id=p.entity_id,
-                label=label,
-                prediction_id=p.event_id,
-                event_time=at,
-            )
-            items += [(t.predictions, p, "k"), (t.outcomes, o, "k")]
-        return items
+    stream = ConceptStream.register(registry, model, t, t0=t0, change=CHANGE, seed=4)
+    version, rows = stream.version, stream.rows
 
     pub = KafkaPublisher(kafka_bootstrap, client_id="test-serve")
     await pub.start()

@@ -12,17 +12,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import lightgbm as lgb
-import numpy as np
-
-from libs.common.clients.kafka import KafkaPublisher, KafkaRuntime, Subscription
+from libs.common.clients.kafka import KafkaPublisher, KafkaRuntime
 from libs.common.clients.kafka.reader import read_to_end
 from libs.common.definitions import load_definitions
-from libs.common.features import model_columns
-from libs.common.registry import DRIFT_REFERENCE, MlflowRegistry
-from libs.common.schemas import DriftDetected, ModelRef, Outcome, PredictionMade, RetrainModel
-from services.retrain.core.drift.reference import PREDICTION, DriftReference
+from libs.common.registry import MlflowRegistry
+from libs.common.schemas import DriftDetected, RetrainModel
 from services.retrain.monitoring import DriftMonitorHandlers
+from tests.integration.retrain.concept_stream import ConceptStream
 
 
 async def test_concept_drift_on_the_broker_becomes_a_performance_event_and_a_refit(
@@ -31,70 +27,21 @@ async def test_concept_drift_on_the_broker_becomes_a_performance_event_and_a_ref
     settings = retrain_settings(kafka_bootstrap=kafka_bootstrap)
     definitions = load_definitions(settings.definitions)
     model = definitions.models[0]
-    columns = model_columns(model)
-    rng = np.random.default_rng(3)
-
-    # A version whose scores follow the first input, with its training reference.
-    x = rng.normal(size=(4000, len(columns)))
-    y = (x[:, 0] > 0).astype(float)
-    booster = lgb.train(
-        {"objective": "binary", "verbose": -1, "num_leaves": 7},
-        lgb.Dataset(x, y, feature_name=columns),
-        num_boost_round=20,
-    )
-    # Keyed 'view.feature' as training writes it and serve logs the inputs.
-    reference = DriftReference.of(
-        {**{f: x[:, i] for i, f in enumerate(model.features)}, PREDICTION: booster.predict(x)}
-    )
     registry = MlflowRegistry.from_settings(settings)
-    version = registry.register(
-        model.name,
-        booster,
-        params={},
-        metrics={},
-        tags={},
-        files={DRIFT_REFERENCE: reference.to_json()},
-    )
+    t = settings.topics
+    t0 = datetime.now(UTC) - timedelta(hours=2)
+    change = 3000
+    stream = ConceptStream.register(registry, model, t, t0=t0, change=change, seed=3)
+    version = stream.version
 
     runtime = KafkaRuntime(settings, client_id="retrain")
-    monitor = DriftMonitorHandlers(definitions, runtime, settings.topics, registry.read_file)
-    t = settings.topics
-    runtime.subscribe(
-        Subscription(
-            name="retrain monitor",
-            topics={t.predictions: PredictionMade, t.outcomes: Outcome},
-            handler=monitor.on_batch,
-            group=f"monitor-{model.name}",
-        )
-    )
+    monitor = DriftMonitorHandlers(definitions, runtime, t, registry.read_file)
+    runtime.subscribe(monitor.subscription(group=f"monitor-{model.name}"))
     await runtime.start()
     pub = KafkaPublisher(kafka_bootstrap, client_id="test-serve")
     await pub.start()
-    t0 = datetime.now(UTC) - timedelta(hours=2)
-    change = 3000
     try:
-        rows = rng.normal(size=(4500, len(columns)))
-        scores = booster.predict(rows)
-        items = []
-        for i, (row, score) in enumerate(zip(rows, scores, strict=True)):
-            at = t0 + timedelta(seconds=i)
-            p = PredictionMade(
-                entity_id=f"e{i}",
-                event_time=at,
-                model=ModelRef(name=model.name, version=version, variant="champion"),
-                score=float(score),
-                features=dict(zip(model.features, row.tolist(), strict=True)),
-            )
-            label = float((row[0] > 0) != (i >= change))
-            o = Outcome(
-                model=model.name,
-                entity_id=p.entity_id,
-                label=label,
-                prediction_id=p.event_id,
-                event_time=at,
-            )
-            # One key: predictions and labels keep their order through the broker.
-            items += [(t.predictions, p, "k"), (t.outcomes, o, "k")]
+        items = stream.rows(0, 4500)
         for start in range(0, len(items), 1000):
             await pub.publish_many(items[start : start + 1000])
 

@@ -1,21 +1,21 @@
-"""Training frame and retraining speed: the whole-store signal join against the new path.
+"""Training frame and retraining speed: the window read with served features.
 
 Builds a synthetic offline store as the services write it (`OfflineStore.append`, one
 file per consumer batch): one entity per labelled row, two signals per entity before
 its prediction, each prediction logged with the inputs serve computed from those
-signals (`compute_view`, as the features service does), and a label naming it two
+signals (the feature engine, as the features service does), and a label naming it two
 seconds later. The labelling function flips at `since` (a concept drift), so the
 window after it is what a retrain after a performance alarm trains on.
 
 Then, in the same run:
-  1. the frame build, old path (`ray_data.whole_store_frame`: every label recomputed
-     from signals on Ray Data, then cut to the window, as train.py did) against the
-     new path (`training_frame.build_training_frame` with `since`): seconds and ratio,
-     and the two frames compared for equality;
+  1. the frame build (`training_frame.build_training_frame` with `since`);
   2. `train_model` with a fresh MLflow registry, split into join / train / register.
 
+The whole-store signal join it was once compared with is gone (issue 7); the
+point-in-time join over signals has its own bench, bench/pit_join.py.
+
     .venv/bin/python bench/training_frame.py --window 5000 --history 5000
-    .venv/bin/python bench/training_frame.py --window 100000 --history 0 --skip-old
+    .venv/bin/python bench/training_frame.py --window 100000 --history 0
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
@@ -38,7 +40,8 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from libs.common.definitions import Definitions, load_definitions
-from libs.common.features import EventHistory, compute_view
+from libs.common.features.engine import EventColumns, States, apply, field_columns, vectors
+from libs.common.features.plan import ViewPlan
 from libs.common.offline import OUTCOMES, PREDICTIONS, SIGNALS, OfflineStore
 from libs.common.schemas import ModelRef, Outcome, PredictionMade, Signal
 from services.retrain.core.offline_rows import (
@@ -91,6 +94,7 @@ def write_store(
     model = definitions.model(model_name)
     [view] = definitions.views_of_model(model)
     source = definitions.source(view.source)
+    plan = ViewPlan.of(view, source)
     rng = random.Random(seed)
     store = OfflineStore(root)
     signals: list[dict[str, object]] = []
@@ -115,7 +119,7 @@ def write_store(
     for i in range(rows):
         ts = T0 + i * STEP_S
         entity = f"device-{i}"
-        events = []
+        events: list[tuple[float, dict[str, Any]]] = []
         for lag in (50.0, 3.0):
             signal = Signal(
                 source=source.name,
@@ -125,9 +129,8 @@ def write_store(
                 schema_version=source.version,
             )
             signals.append(signal_row(signal))
-            events.append((signal.event_id, ts - lag, signal.fields))
-        history = EventHistory.from_events(events)
-        vector = compute_view(view, history, history.times[-1])
+            events.append((ts - lag, signal.fields))
+        vector = _served(plan, events)
         features = {ref: vector.get(ref.partition(".")[2]) for ref in model.features}
         prediction = PredictionMade(
             entity_id=entity,
@@ -158,6 +161,27 @@ def write_store(
     return T0 + since_row * STEP_S
 
 
+def _served(plan: ViewPlan, events: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
+    """The vector the features service holds for one entity after `events` (in order)."""
+    numeric, text, _ = field_columns(plan.field_types, [f for _, f in events])
+    n = len(events)
+    states = States.empty(plan, 1)
+    apply(
+        plan,
+        states,
+        EventColumns(
+            entity=np.zeros(n, dtype=np.int64),
+            ts=np.array([t for t, _ in events]),
+            seq=np.arange(n, dtype=np.float64),
+            partition=np.full(n, -1, dtype=np.int64),
+            offset=np.full(n, -1, dtype=np.int64),
+            numeric=numeric,
+            text=text,
+        ),
+    )
+    return dict(vectors(plan, states)[0] or {})
+
+
 def _timed(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
     started = time.perf_counter()
     out = fn(*args, **kwargs)
@@ -169,7 +193,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--window", type=int, default=5000, help="labelled rows after the change")
     parser.add_argument("--history", type=int, default=5000, help="labelled rows before it")
-    parser.add_argument("--skip-old", action="store_true", help="skip the whole-store join")
     parser.add_argument("--no-train", action="store_true", help="skip train_model")
     parser.add_argument("--repeat", type=int, default=3, help="new-path repetitions (best)")
     parser.add_argument("--definitions", default=str(REPO / "signalops.yaml"))
@@ -187,9 +210,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     """Write the store under `work`, then time both paths and `train_model`."""
     import ray
 
-    from services.retrain.adapters.ray_data import whole_store_frame
     from services.retrain.adapters.training_frame import build_training_frame
-    from services.retrain.core.dataset import TS, JoinSpec
+    from services.retrain.core.dataset import JoinSpec
     from services.retrain.settings import RetrainSettings
     from services.retrain.train import train_model
 
@@ -232,13 +254,6 @@ def run(args: argparse.Namespace, work: Path) -> None:
         frame, seconds = _timed(build_training_frame, store, spec, since=window)
         new_s = min(new_s, seconds)
     table.add_row("new: served features, window read", f"{new_s:.2f}", f"{len(frame):,}")
-    if not args.skip_old:
-        old, old_s = _timed(whole_store_frame, store, spec)
-        if window is not None:
-            old = old[old[TS] >= window].reset_index(drop=True)
-        table.add_row("old: whole-store signal join, then cut", f"{old_s:.2f}", f"{len(old):,}")
-        pd.testing.assert_frame_equal(old, frame)
-        table.add_row("ratio old / new", f"{old_s / new_s:.1f}x", "frames equal")
     console.print(table)
 
     if not args.no_train:

@@ -27,6 +27,10 @@ app.add_typer(models_app, name="models")
 drift_app = typer.Typer(help="The drift monitor: what it measures per model.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(drift_app, name="drift")
+features_app = typer.Typer(
+    help="The feature stores: offline compaction, online rebuild.", no_args_is_help=True
+)
+app.add_typer(features_app, name="features")
 console = Console()
 
 
@@ -446,6 +450,83 @@ def dlq_replay(
     )
     if failed:
         raise typer.Exit(1)
+
+
+@features_app.command("compact")
+def features_compact(
+    before: Annotated[
+        datetime | None,
+        typer.Option(
+            formats=["%Y-%m-%d"],
+            help="Compact dates strictly before this UTC date (default today: every finished day).",
+        ),
+    ] = None,
+) -> None:
+    """Merge each past day's offline files into one file per day (signals, outcomes,
+    predictions), dropping duplicates; safe while the services write."""
+    from libs.common.offline import OUTCOMES, PREDICTIONS, SIGNALS, OfflineStore
+
+    cutoff = (before.replace(tzinfo=UTC) if before else datetime.now(UTC)).timestamp()
+    store = OfflineStore(_settings().offline_dir)
+    table = Table("kind", "date", "files merged", "rows", "duplicates dropped")
+    merged = 0
+    for kind in (SIGNALS, OUTCOMES, PREDICTIONS):
+        for r in store.compact_all(kind, before=cutoff):
+            done = r.files_merged > 0
+            merged += done
+            table.add_row(
+                kind,
+                r.date,
+                str(r.files_merged),
+                str(r.rows) if done else "-",
+                str(r.dropped) if done else "-",
+            )
+    console.print(table)
+    console.print(f"{merged} date folders compacted under {store.root}.")
+
+
+@features_app.command("rebuild")
+def features_rebuild(
+    view: Annotated[
+        list[str] | None, typer.Option(help="Only this view (repeatable); default every view.")
+    ] = None,
+) -> None:
+    """Rebuild the online store's states and vectors from the offline store, after a
+    Redis loss. Stop the features service first: its live writes would race."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+    from services.features.rebuild import rebuild
+    from services.features.settings import FeaturesSettings
+
+    settings = FeaturesSettings()
+    tasks: dict[str, TaskID] = {}
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
+    ) as bar:
+
+        def on_progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(f"rebuilding {name}", total=total)
+            bar.update(tasks[name], completed=done, total=total)
+
+        try:
+            report = asyncio.run(rebuild(settings, views=view, progress=on_progress))
+        except KeyError as exc:
+            raise _fail(
+                SignalopsError(f"no feature view {exc}; see the definitions file")
+            ) from None
+    table = Table("view", "version", "entities", "expired", "events replayed", "seconds")
+    for v in report.views:
+        table.add_row(
+            v.view,
+            str(v.version),
+            str(v.entities),
+            str(v.expired),
+            str(v.events),
+            f"{v.seconds:.1f}",
+        )
+    console.print(table)
+    console.print(f"{report.entities} entity vectors written to {settings.redis_url}.")
 
 
 def main() -> None:

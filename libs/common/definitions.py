@@ -61,13 +61,28 @@ class SourceDefinition(_Strict):
 # LightGBM objectives (and aliases) whose labels are 0/1 classes.
 BINARY_OBJECTIVES = frozenset({"binary", "cross_entropy", "xentropy"})
 
-Aggregation = Literal["last", "mean", "min", "max", "sum", "count", "std", "fraction"]
+Aggregation = Literal[
+    "last", "mean", "min", "max", "sum", "count", "std", "fraction", "time_since_last", "rate"
+]
+# Aggregations that read a field's value as a number (the rest accept str fields too).
+NUMERIC_AGGREGATIONS = frozenset({"mean", "min", "max", "sum", "std"})
+# Aggregations over tiles of the window (`last` and `time_since_last` keep the exact
+# newest value instead).
+TILED_AGGREGATIONS = frozenset({"mean", "min", "max", "sum", "count", "std", "fraction", "rate"})
 
 
 class FeatureSpec(_Strict):
     """One feature: an aggregation of a source field over a trailing event-time window.
 
-    `fraction` is the share of events in the window whose field equals `equals`.
+    Windows are tiled (libs/common/features/plan.py): a window of `window_s` is `tiles`
+    tiles of `window_s / tiles` seconds, and a vector as of time t covers the tile
+    holding t and the `tiles - 1` before it, so it spans between `window_s - window_s
+    / tiles` and `window_s` seconds. That keeps the cost of an event constant whatever
+    the history. `last` and `time_since_last` are exact: the newest value whose time
+    is within `window_s` of t.
+
+    `fraction` is the share of values in the window equal to `equals`; `rate` is
+    values per second over the window; `last` of a str field is a categorical feature.
     """
 
     name: Name
@@ -77,6 +92,9 @@ class FeatureSpec(_Strict):
         None, description="Trailing window in seconds; None means all retained history."
     )
     equals: str | float | bool | None = None
+    tiles: int = Field(
+        12, ge=1, le=1440, description="Tiles a window is cut into (its time resolution)."
+    )
 
     @model_validator(mode="after")
     def _fraction_needs_equals(self) -> FeatureSpec:
@@ -298,15 +316,11 @@ class Definitions(_Strict):
                         f"source {view.source!r}; known: {sorted(fields)}"
                     )
                 numeric = fields[f.field].type != FieldType.str
-                if f.agg not in ("last", "count", "fraction") and not numeric:
+                if f.agg in NUMERIC_AGGREGATIONS and not numeric:
                     raise ValueError(
                         f"feature {view.name}.{f.name}: agg {f.agg!r} needs a numeric field, "
-                        f"{f.field!r} is str (use 'fraction' with 'equals')"
-                    )
-                if f.agg == "last" and not numeric:
-                    raise ValueError(
-                        f"feature {view.name}.{f.name}: 'last' of a str field is not a number; "
-                        "use 'fraction' with 'equals'"
+                        f"{f.field!r} is str (use 'fraction' with 'equals', or 'last' for a "
+                        "categorical feature)"
                     )
         for model in self.models:
             entities = set()
@@ -340,6 +354,14 @@ class Definitions(_Strict):
             if m.name == name:
                 return m
         raise KeyError(name)
+
+    def is_categorical(self, ref: str) -> bool:
+        """True when the 'view.feature' reference is the `last` of a str field."""
+        view_name, _, feat = ref.partition(".")
+        view = self.view(view_name)
+        spec = next(f for f in view.features if f.name == feat)
+        field_type = self.source(view.source).fields[spec.field].type
+        return spec.agg == "last" and field_type == FieldType.str
 
     def views_of_source(self, source: str) -> list[FeatureView]:
         return [v for v in self.feature_views if v.source == source]

@@ -1,28 +1,36 @@
-"""signals.valid -> online store (history + vectors) and offline store, or dead letters."""
+"""signals.valid -> per-view states and vectors (online), signal rows (offline), dead letters."""
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from opentelemetry import trace
 
 from libs.common.clients.kafka import DeadLetters, Delivery
-from libs.common.clients.redis import FeatureStore, StoredEvent, StoredVector
+from libs.common.clients.redis import FeatureStore, StoredVector, state_key
 from libs.common.definitions import Definitions
-from libs.common.features import EventHistory
+from libs.common.errors import RecordInvalid
+from libs.common.features import codec
+from libs.common.features.engine import States
 from libs.common.observability import LATENCY, get_logger, tracer
 from libs.common.observability.tracing import producer_links
-from libs.common.offline import SIGNALS, OfflineStore
+from libs.common.offline import SIGNALS, OfflineStore, signal_row
 from libs.common.resilience import Policy
 from libs.common.schemas import Signal
 from libs.common.settings import Topics
+from services.features import metrics
 from services.features.core.updates import (
-    VectorComputed,
-    by_source,
-    compute_vectors,
-    group_signals,
+    TOO_LATE,
+    Positioned,
+    SourceBatch,
+    ViewUpdate,
+    plans_by_source,
+    split_by_source,
+    update_views,
+    verdicts,
 )
 
 log = get_logger(__name__)
@@ -30,7 +38,7 @@ log = get_logger(__name__)
 
 @dataclass
 class FeaturesHandler:
-    """Signals of one batch -> histories, vectors, offline rows; misplaced ones dead-lettered.
+    """Signals of one batch -> states, vectors and offline rows; misfits dead-lettered.
 
     Args:
         definitions: sources and views.
@@ -50,13 +58,17 @@ class FeaturesHandler:
     redis: Policy = field(default_factory=lambda: Policy("redis", timeout_s=5.0))
     files: Policy = field(default_factory=lambda: Policy("offline-store", timeout_s=30.0))
 
-    async def on_valid_signals(self, batch: list[Delivery[Signal]]) -> list[VectorComputed]:
-        """Handle one consumed batch; returns the vectors written.
+    def __post_init__(self) -> None:
+        self._plans = plans_by_source(self.definitions)
 
-        Order matters for at-least-once: the offline file, the online writes and the
-        dead letters all finish before this returns, and only then are offsets
-        committed. A retried batch rewrites the same state and the same dead letters
-        (their ids derive from the records).
+    async def on_valid_signals(self, batch: list[Delivery[Signal]]) -> list[ViewUpdate]:
+        """Handle one consumed batch; returns the views' updates.
+
+        Order matters for at-least-once: the offline file and the dead letters are
+        written first, the online states and vectors last in one transaction, and only
+        then are offsets committed. States record the Kafka position they hold, so a
+        redelivered batch changes nothing online; the offline file and the dead
+        letters it rewrites carry the same names and ids.
         """
         links = producer_links(d.headers for d in batch)
         with tracer("features").start_as_current_span(
@@ -64,71 +76,115 @@ class FeaturesHandler:
         ):
             return await self._handle(batch)
 
-    async def _handle(self, batch: list[Delivery[Signal]]) -> list[VectorComputed]:
+    async def _handle(self, batch: list[Delivery[Signal]]) -> list[ViewUpdate]:
         started = time.perf_counter()
-        delivery_of = {id(d.message): d for d in batch}
-        groups, rejected = group_signals((d.message for d in batch), self.definitions)
-        views_of = by_source(self.definitions)
-        computed: list[VectorComputed] = []
-        for group in groups:
-            views = views_of.get(group.source.name, [])
-            stored = await self.redis.call(
-                self.store.add_events,
-                group.source.name,
-                group.source.version,
-                group.entity_id,
-                [
-                    StoredEvent(s.event_id, s.event_time.timestamp(), s.fields)
-                    for s in group.signals
-                ],
-                retention_s=self.definitions.retention_of(group.source.name),
-            )
-            history = EventHistory.from_events([(e.event_id, e.ts, e.fields) for e in stored])
-            computed.extend(compute_vectors(views, group.entity_id, history))
-        now = time.time()
-        await self.redis.call(
-            self.store.write_vectors,
-            [
-                (c.view.name, c.view.version, c.entity_id, StoredVector(c.values, c.as_of, now))
-                for c in computed
-            ],
-        )
-        if self.offline is not None and batch:
-            await self.files.call_blocking(self._append_offline, batch)
+        records = [Positioned(d.message, d.topic, d.partition, d.offset) for d in batch]
+        delivery_of = {id(r): d for r, d in zip(records, batch, strict=True)}
+        sources, rejected = split_by_source(records, self.definitions, self._plans)
+
+        loaded = await self._load(sources)
+        updates: list[ViewUpdate] = []
+        offline_rows: list[Positioned] = []
+        for source_batch, states in zip(sources, loaded, strict=True):
+            mine = update_views(source_batch, states)
+            updates.extend(mine)
+            kept, too_late = verdicts(source_batch, mine)
+            offline_rows.extend(r for r, k in zip(source_batch.records, kept, strict=True) if k)
+            rejected.extend(self._too_late(source_batch, mine, too_late))
+            metrics.record_applied(source_batch, mine)
+
+        if self.offline is not None and offline_rows:
+            await self.files.call_blocking(self._append_offline, offline_rows)
         await self.dead_letters.reject_many(
             [
                 self.dead_letters.of(
-                    delivery_of[id(signal)], why.reason, why.detail, source=signal.source
+                    delivery_of[id(r)], why.reason, why.detail, source=r.signal.source
                 )
-                for signal, why in rejected
+                for r, why in rejected
             ]
         )
+        await self._save(updates, records)
         LATENCY.labels("features", "on_valid_signals").observe(time.perf_counter() - started)
-        log.debug("batch_done", records=len(batch), vectors=len(computed))
-        return computed
+        log.debug("batch_done", records=len(batch), rejected=len(rejected))
+        return updates
 
-    def _append_offline(self, batch: list[Delivery[Signal]]) -> None:
+    async def _load(self, sources: Sequence[SourceBatch]) -> list[list[States]]:
+        """Every (view, entity) state the batch touches, in one round trip."""
+        keys = [
+            state_key(p.view.name, p.view.version, p.fingerprint, e)
+            for b in sources
+            for p in b.plans
+            for e in b.entities
+        ]
+        blobs = await self.redis.call(self.store.load_states, keys) if keys else []
+        out: list[list[States]] = []
+        at = 0
+        for b in sources:
+            per_view = []
+            for p in b.plans:
+                per_view.append(codec.decode(p, blobs[at : at + len(b.entities)]))
+                at += len(b.entities)
+            out.append(per_view)
+        return out
+
+    async def _save(self, updates: Sequence[ViewUpdate], records: Sequence[Positioned]) -> None:
+        now = time.time()
+        states: list[tuple[str, bytes]] = []
+        vectors: list[tuple[str, int, str, StoredVector]] = []
+        for u in updates:
+            view = u.plan.view
+            prefix = state_key(view.name, view.version, u.plan.fingerprint, "")
+            values = codec.encode(u.plan, u.states)
+            newest = u.states.newest.tolist()
+            for i in np.flatnonzero(u.states.has_events).tolist():
+                entity = u.entities[i]
+                states.append((prefix + entity, values[i]))
+                vec = u.vectors[i]
+                assert vec is not None
+                vectors.append((view.name, view.version, entity, StoredVector(vec, newest[i], now)))
+        started = time.perf_counter()
+        await self.redis.call(self.store.save, states, vectors)
+        metrics.REDIS_WRITE.observe(time.perf_counter() - started)
+        written = time.time()
+        arrivals = [(r.signal.ingested_at or r.signal.produced_at).timestamp() for r in records]
+        metrics.observe_freshness(written, arrivals)
+
+    def _too_late(
+        self, batch: SourceBatch, updates: Sequence[ViewUpdate], too_late: np.ndarray
+    ) -> list[tuple[Positioned, RecordInvalid]]:
+        if not too_late.any():
+            return []
+        newest = np.max([u.applied.newest_before for u in updates], axis=0)
+        lateness = batch.source.allowed_lateness_s
+        return [
+            (
+                r,
+                RecordInvalid(
+                    TOO_LATE,
+                    detail=f"event time is {newest[i] - r.signal.event_time.timestamp():.1f} s "
+                    f"before the entity's newest event, beyond the source's allowed lateness of "
+                    f"{lateness:g} s; its windows are closed",
+                ),
+            )
+            for i, r in enumerate(batch.records)
+            if too_late[i]
+        ]
+
+    def _append_offline(self, records: list[Positioned]) -> None:
         # One file per partition, named by its first and last offset: a redelivery of
         # the same records (also to another instance after a rebalance) rewrites the
-        # same file, never one holding another partition's rows.
+        # same file; readers drop rows of a position seen twice.
         assert self.offline is not None
-        by_partition: dict[tuple[str, int], list[Delivery[Signal]]] = {}
-        for d in batch:
-            by_partition.setdefault((d.topic, d.partition), []).append(d)
+        by_partition: dict[tuple[str, int], list[Positioned]] = {}
+        for r in records:
+            by_partition.setdefault((r.topic, r.partition), []).append(r)
         for (topic, partition), part in by_partition.items():
-            first, last = min(d.offset for d in part), max(d.offset for d in part)
+            first, last = min(r.offset for r in part), max(r.offset for r in part)
             self.offline.append(
                 SIGNALS,
                 [
-                    {
-                        "event_id": s.event_id,
-                        "source": s.source,
-                        "schema_version": s.schema_version,
-                        "entity_id": s.entity_id,
-                        "ts": s.event_time.timestamp(),
-                        "fields_json": json.dumps(s.fields, sort_keys=True),
-                    }
-                    for s in (d.message for d in part)
+                    signal_row(r.signal, topic=topic, partition=partition, offset=r.offset)
+                    for r in part
                 ],
                 name=f"{topic}-{partition}-{first}-{last}",
             )

@@ -1,7 +1,8 @@
 """Features service: signals.valid in; online store, offline store and signals.dlq out.
 
 signals.valid (Signal, group "features") -> FeaturesHandler.on_valid_signals
-    -> Redis histories + vectors, Parquet offline rows, signals.dlq
+    -> Redis per-view states + vectors (one transaction per batch),
+       Parquet signal rows by event date (compacted daily), signals.dlq
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from libs.common.lifecycle import OpsServer, stop_on_signals
 from libs.common.observability import configure_logging, configure_tracing, get_logger
 from libs.common.offline import OfflineStore
 from libs.common.schemas import Signal
+from services.features.compaction import compact_periodically
 from services.features.handlers import FeaturesHandler
 from services.features.settings import FeaturesSettings
 
@@ -40,6 +42,7 @@ def build_app(
             handler=handler.on_valid_signals,
             group=settings.consumer_group,
             max_attempts=settings.consumer_max_attempts,
+            max_records=settings.batch_records,
         )
     )
     return kafka, handler
@@ -54,10 +57,20 @@ async def run(settings: FeaturesSettings, stop: asyncio.Event | None = None) -> 
     )
     await ops.start()
     await kafka.start()
+    compaction = (
+        asyncio.create_task(
+            compact_periodically(handler.offline, settings.compact_every_s, stop),
+            name="offline compaction",
+        )
+        if handler.offline is not None
+        else None
+    )
     get_logger(__name__).info("features_started", topic=settings.topics.valid)
     try:
         await stop.wait()
     finally:
+        if compaction is not None:
+            compaction.cancel()
         await kafka.stop()
         await handler.store.close()
         await ops.stop()

@@ -11,5 +11,13 @@ class FeaturesSettings(Settings):
     consumer_group: str = "features"
     write_offline: bool = True
     vector_ttl_s: float = Field(
-        7 * 86400, gt=0, description="Feature vectors expire after this long without updates."
+        7 * 86400,
+        gt=0,
+        description="Feature vectors and states expire after this long without updates.",
+    )
+    batch_records: int = Field(
+        2000, ge=1, le=100_000, description="Most signals handled per consumed batch."
+    )
+    compact_every_s: float = Field(
+        3600, gt=0, description="How often the offline store's past days are compacted."
     )

@@ -21,11 +21,11 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from libs.common.definitions import Definitions
 from libs.common.observability import get_logger
-from libs.common.offline import OUTCOMES, SIGNALS, OfflineStore
+from libs.common.offline import OUTCOMES, SIGNALS, OfflineStore, signal_row
 from libs.common.registry import MlflowRegistry, Registry
 from libs.common.schemas import Outcome, Signal, utcnow
 from libs.common.synthetic import SyntheticConfig, SyntheticSource
-from services.retrain.core.offline_rows import outcome_row, signal_row
+from services.retrain.core.offline_rows import outcome_row
 from services.retrain.core.results import TrainingResult
 from services.retrain.settings import RetrainSettings
 from services.retrain.train import train_model
@@ -98,7 +98,7 @@ def write_synthetic_history(
             end=end, steps=steps, step_s=step_s, model=model_name
         ):
             if kind == "signal":
-                signals.append(signal_row(Signal.model_validate(payload)))
+                signals.append(_history_row(Signal.model_validate(payload)))
             elif i == 0:
                 outcome = Outcome.model_validate(payload)
                 if horizon:
@@ -109,6 +109,13 @@ def write_synthetic_history(
     store.append(SIGNALS, signals, name=name)
     store.append(OUTCOMES, outcomes, name=name)
     return len(signals), len(outcomes)
+
+
+def _history_row(signal: Signal) -> dict[str, object]:
+    """A synthetic signal's row: not from Kafka, so no offset, and it "arrived" when
+    it happened (issue 7)."""
+    row = signal_row(signal, topic="", partition=-1, offset=-1)
+    return {**row, "arrival_ts": row["ts"]}
 
 
 def bootstrap_models(

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from libs.common.definitions import Definitions, ModelDefinition, feature_key
+from libs.common.features import CATEGORIES_FILE, CategoryEncoding
 from libs.common.observability import get_logger
 from libs.common.offline import OUTCOMES, OfflineStore
 from libs.common.registry import DRIFT_REFERENCE, MlflowRegistry, Registry, request_tags
@@ -39,10 +40,16 @@ log = get_logger(__name__)
 
 
 def _holdout_evaluation(
-    booster: lgb.Booster, trained: TrainedModel, slices: list[Slice]
+    booster: lgb.Booster,
+    trained: TrainedModel,
+    slices: list[Slice],
+    encoding: CategoryEncoding | None = None,
 ) -> HoldoutEvaluation:
-    """Any booster's AUC, log loss, calibration and slice AUCs on the candidate's holdout."""
-    scores = score(booster, trained.holdout, trained.columns)
+    """Any booster's AUC, log loss, calibration and slice AUCs on the candidate's holdout.
+
+    `encoding` is that booster's own category encoding (the candidate's by default).
+    """
+    scores = score(booster, trained.holdout, trained.columns, encoding or trained.encoding)
     return evaluate(trained.holdout[LABEL].to_numpy(dtype="float64"), scores, slices)
 
 
@@ -69,7 +76,21 @@ def _champion_score(
             return ChampionScore(
                 champion, None, f"champion v{champion} reads other features {names}"
             )
-        return ChampionScore(champion, _holdout_evaluation(booster, trained, slices))
+        # Each booster scores through its own version's codes: without declared allowed
+        # values, two versions' codes of one category may differ.
+        encoding = CategoryEncoding()
+        if trained.encoding.columns:
+            encoding = CategoryEncoding.from_json(
+                registry.read_file(model, champion, CATEGORIES_FILE)
+            )
+        if encoding.columns != trained.encoding.columns:
+            return ChampionScore(
+                champion,
+                None,
+                f"champion v{champion} has categorical inputs {encoding.columns}, "
+                f"not {trained.encoding.columns}",
+            )
+        return ChampionScore(champion, _holdout_evaluation(booster, trained, slices, encoding))
     except Exception as exc:
         log.warning("champion_not_scorable", model=model, version=champion, exc_info=True)
         return ChampionScore(
@@ -83,12 +104,16 @@ def drift_reference(
     """The version's drift reference: its training inputs, keyed 'view.feature' as serve
     logs them, and its scores on the holdout (scores on its own training rows would be
     sharper than live traffic's and raise false prediction-drift alarms).
+
+    Categorical inputs have no reference (quantile bins and KS need numbers), so the
+    monitor does not test them; their effect still shows in the prediction's drift.
     """
     names = dict(zip(trained.columns, model.features, strict=True))
-    holdout_scores = trained.booster.predict(trained.holdout[trained.columns].to_numpy())
+    holdout_scores = score(trained.booster, trained.holdout, trained.columns, trained.encoding)
+    numeric = [c for c in trained.columns if c not in trained.encoding.categories]
     return DriftReference.of(
         {
-            **{names[c]: frame[c].to_numpy() for c in trained.columns},
+            **{names[c]: frame[c].to_numpy() for c in numeric},
             PREDICTION: holdout_scores,
         }
     )
@@ -170,9 +195,10 @@ def train_model(
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
+    spec = JoinSpec.of(definitions, model_name)
     frame = build_training_frame(
         store,
-        JoinSpec.of(definitions, model_name),
+        spec,
         partitions=settings.shuffle_partitions,
         # Read only the rows select_window keeps: every policy but `all` bounds them.
         since=since if model.training.window != "all" else None,
@@ -196,6 +222,7 @@ def train_model(
         holdout_fraction=settings.holdout_fraction,
         weights=window.weights,
         fit=fit_by_size(settings.distributed_training_rows, RayTrainFit.from_settings(settings)),
+        categories=spec.categories,
     )
     timings["train_s"] = time.perf_counter() - t
 
@@ -253,7 +280,12 @@ def train_model(
             **({"window_since": str(since)} if since is not None else {}),
         },
         example=trained.holdout[trained.columns].head(5),
-        files={DRIFT_REFERENCE: reference.to_json()},
+        files={
+            DRIFT_REFERENCE: reference.to_json(),
+            # Stored with the booster, before the version exists: serve never loads a
+            # version without its codes. Absent: the version has no categorical inputs.
+            **({CATEGORIES_FILE: trained.encoding.to_json()} if trained.encoding.columns else {}),
+        },
         version_files=lambda v: {MODEL_CARD: card.for_version(v).model_dump_json(indent=2)},
     )
     if decision.promote:

@@ -7,16 +7,18 @@ the thin deployment class that builds the real adapters in its replica.
 from __future__ import annotations
 
 import hmac
+import math
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from opentelemetry.propagate import extract
 from opentelemetry.trace import Span, SpanKind
 from ray import serve
+from ray.serve import metrics
 
 from libs.common.clients.redis import RedisFeatureStore, make_redis
 from libs.common.definitions import load_definitions
@@ -31,6 +33,7 @@ from services.serve.core.priority import parse_priority
 from services.serve.errors import (
     BadPriority,
     BatchTooLarge,
+    FeaturesNotFound,
     FeatureStoreUnavailable,
     Forbidden,
     InvalidFeatures,
@@ -38,8 +41,17 @@ from services.serve.errors import (
     ServeError,
     Unauthorized,
     UnknownModel,
+    UnknownView,
 )
-from services.serve.schemas import BatchPredictRequest, PredictionAnswer, PredictRequest
+from services.serve.schemas import (
+    BatchPredictRequest,
+    EntityFeatures,
+    ErrorAnswer,
+    FeaturesBatchAnswer,
+    FeaturesBatchRequest,
+    PredictionAnswer,
+    PredictRequest,
+)
 from services.serve.service import InferenceService
 from services.serve.settings import ServeSettings
 
@@ -47,6 +59,8 @@ log = get_logger(__name__)
 
 _STATUS: dict[type[ServeError], int] = {
     UnknownModel: 404,
+    FeaturesNotFound: 404,
+    UnknownView: 400,
     InvalidFeatures: 400,
     BadPriority: 400,
     Overloaded: 429,
@@ -63,6 +77,14 @@ def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
 
 def _json(answer: PredictionAnswer, explain: bool) -> str:
     return answer.model_dump_json(exclude=None if explain else {"contributions"})
+
+
+# Error answers of the feature reads, for the OpenAPI document.
+_FEATURE_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorAnswer, "description": "Unknown view (the message names the known)."},
+    429: {"model": ErrorAnswer, "description": "Overloaded for this priority; see Retry-After."},
+    503: {"model": ErrorAnswer, "description": "Online store unavailable; see Retry-After."},
+}
 
 
 def _check_admin(authorization: str | None, token: str) -> None:
@@ -96,6 +118,17 @@ def create_app(service: InferenceService, *, manage_lifecycle: bool = False) -> 
     app = FastAPI(title="signalops serve", version="1", lifespan=lifespan)
     app.add_middleware(JsonBodiesByDefault)
     admin_token = service.settings.admin_token.get_secret_value()
+    # Exported by Ray's metrics agent (as ray_signalops_feature_reads_total), which
+    # Prometheus scrapes for Serve; the same outcomes show in /healthz "counts".
+    feature_reads = metrics.Counter(
+        "signalops_feature_reads",
+        description="Online feature reads answered by serve, by endpoint and outcome",
+        tag_keys=("endpoint", "outcome"),  # type: ignore[arg-type]  # Ray hints Tuple[str]
+    )
+
+    def _count_read(endpoint: str, outcome: str) -> None:
+        service.counts[f"features_{outcome}"] += 1
+        feature_reads.inc(tags={"endpoint": endpoint, "outcome": outcome})
 
     @app.exception_handler(ServeError)
     async def _serve_error(_request: Request, exc: ServeError) -> JSONResponse:
@@ -103,6 +136,11 @@ def create_app(service: InferenceService, *, manage_lifecycle: bool = False) -> 
         response = _error(status, exc.code, str(exc))
         if isinstance(exc, Overloaded):
             response.headers["Retry-After"] = str(exc.retry_after_s)
+        if isinstance(exc, FeatureStoreUnavailable):
+            # An open breaker fails every read until its reset; else retry soon.
+            open_breaker = service.reader.state == "open"
+            wait_s = math.ceil(service.settings.breaker_reset_s) if open_breaker else 0
+            response.headers["Retry-After"] = str(max(wait_s, service.settings.retry_after_s))
         if isinstance(exc, Unauthorized):
             response.headers["WWW-Authenticate"] = "Bearer"
         return response
@@ -163,6 +201,67 @@ def create_app(service: InferenceService, *, manage_lifecycle: bool = False) -> 
             answers = await service.predict(body.requests, explain=explain)
         content = '{"predictions":[' + ",".join(_json(a, explain) for a in answers) + "]}"
         return Response(content, media_type="application/json")
+
+    async def _read_features(
+        request: Request,
+        endpoint: str,
+        entity_ids: list[str],
+        views: list[str] | None,
+        x_priority: str | None,
+    ) -> list[EntityFeatures]:
+        """One counted, traced, admitted read of the online store."""
+        attributes = {"features.entities": len(entity_ids), "features.views": str(views or "all")}
+        try:
+            with _admitted(request, f"serve.features_{endpoint}", x_priority, attributes):
+                return await service.features(entity_ids, views)
+        except Exception as exc:
+            _count_read(endpoint, getattr(exc, "code", "error"))
+            raise
+
+    @app.post(
+        "/v1/features/batch",
+        response_model=FeaturesBatchAnswer,
+        responses={
+            **_FEATURE_ERRORS,
+            413: {"model": ErrorAnswer, "description": "More entities than the limit."},
+        },
+    )
+    async def features_batch(
+        body: FeaturesBatchRequest,
+        request: Request,
+        view: list[str] | None = Query(None, description="Read only these views (repeatable)."),
+        x_priority: str | None = Header(None, description="high, normal (default) or low"),
+    ) -> Response:
+        """Stored feature vectors of many entities, in request order, each with `found`."""
+        answers = await _read_features(request, "batch", body.entity_ids, view, x_priority)
+        _count_read("batch", "ok")
+        content = FeaturesBatchAnswer(entities=answers).model_dump_json()
+        return Response(content, media_type="application/json")
+
+    @app.get(
+        "/v1/features/{entity_id:path}",
+        response_model=EntityFeatures,
+        responses={
+            **_FEATURE_ERRORS,
+            404: {"model": ErrorAnswer, "description": "No view holds a vector."},
+        },
+    )
+    async def features(
+        request: Request,
+        entity_id: str = Path(min_length=1, max_length=256, examples=["device-42"]),
+        view: list[str] | None = Query(None, description="Read only these views (repeatable)."),
+        x_priority: str | None = Header(None, description="high, normal (default) or low"),
+    ) -> Response:
+        """The stored feature vectors of one entity, per view, with freshness and age."""
+        (answer,) = await _read_features(request, "one", [entity_id], view, x_priority)
+        if not answer.found:
+            _count_read("one", "not_found")
+            raise FeaturesNotFound(
+                f"no feature vector for entity {entity_id[:80]!r} in views "
+                f"{answer.missing_views} (cold start, or its vectors expired)"
+            )
+        _count_read("one", "found")
+        return Response(answer.model_dump_json(), media_type="application/json")
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -13,7 +13,7 @@ import dataclasses
 from datetime import UTC, datetime
 
 from libs.common.definitions import Definitions, ModelDefinition
-from libs.common.features import model_columns
+from libs.common.features import CATEGORIES_FILE, CategoryEncoding, model_columns
 from libs.common.observability.logging import get_logger
 from libs.common.registry import CHALLENGER, CHAMPION
 from libs.common.resilience import Policy
@@ -110,8 +110,29 @@ class ModelCatalog:
         booster = await asyncio.wait_for(
             asyncio.to_thread(self._source.load_booster, model.name, version), timeout=120
         )
-        predictor = Predictor.from_booster(booster, model_columns(model))
+        predictor = Predictor.from_booster(
+            booster,
+            model_columns(model),
+            await self._encoding(model, version),
+            categorical=[
+                c
+                for ref, c in zip(model.features, model_columns(model), strict=True)
+                if self.definitions.is_categorical(ref)
+            ],
+        )
         return ServedModel(model.name, version, variant, predictor, datetime.now(UTC))
+
+    async def _encoding(self, model: ModelDefinition, version: str) -> CategoryEncoding:
+        """The version's category codes (categories.json); none stored: no categorical inputs.
+
+        Read only for a model with categorical inputs: the others never stored one.
+        """
+        if not any(self.definitions.is_categorical(ref) for ref in model.features):
+            return CategoryEncoding()
+        text = await self._policy.call_blocking(
+            self._source.read_file, model.name, version, CATEGORIES_FILE
+        )
+        return CategoryEncoding.from_json(text)
 
     async def on_model_changed(self, event: ModelChanged) -> None:
         """Reload a model this replica serves when the registry says it changed."""

@@ -43,6 +43,18 @@ class BatchTooLarge(ServeError):
     code = "batch_too_large"
 
 
+class UnknownView(ServeError):
+    """A features read names a feature view the definitions file does not declare."""
+
+    code = "unknown_view"
+
+
+class FeaturesNotFound(ServeError):
+    """No requested view holds a vector for the entity: a cold start, or it expired."""
+
+    code = "features_not_found"
+
+
 class Unauthorized(ServeError):
     """No bearer token was presented for an admin action."""
 
@@ -58,7 +70,8 @@ class Forbidden(ServeError):
 class FeatureStoreUnavailable(ServeError):
     """The online store did not answer in time, or its circuit breaker is open.
 
-    Never reaches a client: requests are answered by the fallback instead.
+    Predictions never show it (the fallback answers instead); feature reads
+    (`/v1/features`) answer 503 with Retry-After.
     Operator action: check Redis (`signalops status`).
     """
 

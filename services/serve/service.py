@@ -22,6 +22,7 @@ from libs.common.schemas import PredictionMade, new_id
 from services.serve.adapters.base import ModelEvents, ModelSource, PredictionSink
 from services.serve.adapters.features import GuardedFeatureReader
 from services.serve.catalog import ModelCatalog
+from services.serve.core.lookup import entity_features, select_views
 from services.serve.core.predict import (
     FEATURE_STORE_UNAVAILABLE,
     NO_FEATURES,
@@ -37,7 +38,7 @@ from services.serve.core.predict import (
 from services.serve.core.priority import PriorityLimiter, PriorityLimits
 from services.serve.core.traffic import choose_variant
 from services.serve.errors import BatchTooLarge, FeatureStoreUnavailable, UnknownModel
-from services.serve.schemas import PredictionAnswer, PredictRequest
+from services.serve.schemas import EntityFeatures, PredictionAnswer, PredictRequest
 from services.serve.settings import ServeSettings
 
 log = get_logger(__name__)
@@ -275,6 +276,34 @@ class InferenceService:
             answers.append(answer)
         self._log.emit(events)
         return answers
+
+    # ---- online features -------------------------------------------------------
+
+    async def features(
+        self, entity_ids: Sequence[str], views: Sequence[str] | None = None
+    ) -> list[EntityFeatures]:
+        """What the online store holds for each entity, in order: one round trip.
+
+        Args:
+            entity_ids: entities to read (at most `features_batch_max`).
+            views: view names to read; None or empty reads every view.
+
+        Raises:
+            BatchTooLarge, UnknownView: nothing is read then.
+            FeatureStoreUnavailable: the read failed or timed out, or the breaker is open.
+        """
+        limit = self.settings.features_batch_max
+        if len(entity_ids) > limit:
+            raise BatchTooLarge(f"{len(entity_ids)} entities in one call; at most {limit}")
+        selected = select_views(self.definitions, views)
+        if not entity_ids:
+            return []
+        found = await self.reader.read(selected, entity_ids)
+        now = self._clock()
+        return [
+            entity_features(e, selected, vectors, now)
+            for e, vectors in zip(entity_ids, found, strict=True)
+        ]
 
     # ---- health ----------------------------------------------------------------
 

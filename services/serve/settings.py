@@ -29,6 +29,9 @@ class ServeSettings(Settings):
         0.1, ge=0.0, le=1.0, description="Share of entities routed to a 'challenger' alias."
     )
     batch_max: int = Field(1000, ge=1, description="Most requests in one batch call (else 413).")
+    features_batch_max: int = Field(
+        1000, ge=1, description="Most entities in one features read (else 413)."
+    )
     predict_inline_max_rows: int = Field(
         64, ge=1, description="Bigger batches are scored in a worker thread, off the event loop."
     )

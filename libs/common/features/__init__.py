@@ -1,14 +1,16 @@
 """Feature math defined once, used by streaming (features) and training (retrain)."""
 
-from libs.common.features.aggregations import AGGREGATIONS
-from libs.common.features.compute import EventHistory, FeatureVector, compute_view
-from libs.common.features.model_input import model_columns, to_row
+from libs.common.features.categories import CATEGORIES_FILE, CategoryEncoding, declared_categories
+from libs.common.features.engine import FeatureValue, FeatureVector
+from libs.common.features.model_input import input_values, model_columns, to_row
 
 __all__ = [
-    "AGGREGATIONS",
-    "EventHistory",
+    "CATEGORIES_FILE",
+    "CategoryEncoding",
+    "FeatureValue",
     "FeatureVector",
-    "compute_view",
+    "declared_categories",
+    "input_values",
     "model_columns",
     "to_row",
 ]

@@ -15,6 +15,11 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 CONSUMER_LAG = Gauge("signalops_consumer_lag", "Messages behind the end", ["service", "topic"])
+PARTITION_LAG = Gauge(
+    "signalops_consumer_partition_lag",
+    "Messages behind the end, per partition",
+    ["service", "topic", "partition"],
+)
 COMMIT_FAILURES = Counter(
     "signalops_commit_failures_total",
     "Offset commits that failed or were skipped (the batch is redelivered)",

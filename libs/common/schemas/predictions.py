@@ -23,6 +23,8 @@ class PredictionMade(Message):
     entity_id: str
     model: ModelRef
     score: float
-    features: dict[str, float | None] = Field(default_factory=dict)
+    # The model inputs used: numbers, and str for categorical features (`last` of a str
+    # field); None when missing. Adding str is an optional widening within version 1.
+    features: dict[str, float | str | None] = Field(default_factory=dict)
     degraded: bool = False
     reasons: list[str] = Field(default_factory=list)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import AwareDatetime, Field, field_serializer, model_validator
 
 from libs.common.schemas.base import Message, with_content_id
 
@@ -16,6 +17,8 @@ class Signal(Message):
 
     `schema_version` is the version of the source's field schema; `event_id` is
     derived from the content when absent, so a resent record is a duplicate.
+    `ingested_at` is lineage set by ingest when it accepts the record (issue 7): a
+    client's value is overwritten, and it is not part of the content-derived id.
     """
 
     source: str = Field(min_length=1, max_length=64, examples=["sensors"])
@@ -23,6 +26,7 @@ class Signal(Message):
     fields: dict[str, FieldValue] = Field(examples=[{"temperature": 71.3, "status": "ok"}])
     schema_version: int = Field(1, ge=1)
     event_id: str = Field("", max_length=128)
+    ingested_at: AwareDatetime | None = Field(None, examples=["2026-11-22T10:00:01Z"])
 
     @model_validator(mode="before")
     @classmethod
@@ -32,3 +36,7 @@ class Signal(Message):
             ("source", "entity_id", "event_time", "fields", "schema_version"),
             schema_version=1,
         )
+
+    @field_serializer("ingested_at")
+    def _iso_ingested(self, v: datetime | None) -> str | None:
+        return None if v is None else v.astimezone(UTC).isoformat().replace("+00:00", "Z")

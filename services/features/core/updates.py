@@ -1,85 +1,160 @@
-"""Turning a batch of valid signals into feature-vector updates (pure).
+"""A batch of valid signals -> per-view state updates and vectors (pure).
 
-Signals are grouped per (source, entity) so each entity's history is read and
-written once per batch; vectors are computed as of the entity's newest event, which
-makes the result a function of the events alone: replays give the same state.
+Signals are split per source; each source's events become one columnar batch that
+every view of the source applies to the states of the batch's entities
+(libs/common/features/engine.py). Nothing here talks to Redis or Kafka: the handler
+loads the states, calls `update_views`, and writes what it returns.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from libs.common.definitions import Definitions, FeatureView, SourceDefinition
+import numpy as np
+
+from libs.common.definitions import Definitions, FieldType, SourceDefinition
 from libs.common.errors import RecordInvalid
-from libs.common.features import EventHistory, FeatureVector, compute_view
+from libs.common.features.engine import (
+    Applied,
+    EventColumns,
+    FeatureVector,
+    States,
+    apply,
+    field_columns,
+    vectors,
+)
+from libs.common.features.plan import ViewPlan
 from libs.common.schemas import Signal
 
-
-@dataclass
-class EntityBatch:
-    """The new signals of one entity from one source."""
-
-    source: SourceDefinition
-    entity_id: str
-    signals: list[Signal] = field(default_factory=list)
+FEATURE_TYPE_MISMATCH = "feature_type_mismatch"
+TOO_LATE = "too_late"
 
 
 @dataclass(frozen=True)
-class VectorComputed:
-    """A fact: the view's features for the entity as of `as_of`."""
+class Positioned:
+    """A signal and where it was read from (its Kafka position is its arrival order)."""
 
-    view: FeatureView
-    entity_id: str
-    values: FeatureVector
-    as_of: float
+    signal: Signal
+    topic: str
+    partition: int
+    offset: int
 
 
-def group_signals(
-    signals: Iterable[Signal], definitions: Definitions
-) -> tuple[list[EntityBatch], list[tuple[Signal, RecordInvalid]]]:
-    """Group by (source, entity); signals this definitions file cannot place are rejected."""
-    groups: dict[tuple[str, str], EntityBatch] = {}
-    rejected: list[tuple[Signal, RecordInvalid]] = []
-    for s in signals:
+@dataclass
+class SourceBatch:
+    """The signals of one source in a consumed batch, in arrival order."""
+
+    source: SourceDefinition
+    plans: list[ViewPlan]
+    records: list[Positioned]
+    entities: list[str]  # distinct, first-seen order
+    events: EventColumns
+
+
+@dataclass(frozen=True)
+class ViewUpdate:
+    """One view's states after a batch, and the vectors they hold now."""
+
+    plan: ViewPlan
+    entities: list[str]
+    states: States
+    applied: Applied
+    vectors: list[FeatureVector | None]
+
+
+def plans_by_source(definitions: Definitions) -> dict[str, list[ViewPlan]]:
+    out: dict[str, list[ViewPlan]] = {}
+    for view in definitions.feature_views:
+        out.setdefault(view.source, []).append(ViewPlan.of(view, definitions.source(view.source)))
+    return out
+
+
+def split_by_source(
+    records: Sequence[Positioned],
+    definitions: Definitions,
+    plans: dict[str, list[ViewPlan]],
+) -> tuple[list[SourceBatch], list[tuple[Positioned, RecordInvalid]]]:
+    """Group by source; records this definitions file cannot place or whose field values
+    break a feature (a value of another type than the source declares) are rejected.
+    """
+    by_source: dict[str, list[Positioned]] = {}
+    rejected: list[tuple[Positioned, RecordInvalid]] = []
+    for r in records:
+        s = r.signal
         try:
             source = definitions.source(s.source)
         except KeyError:
-            rejected.append((s, RecordInvalid("unknown_source", detail=f"{s.source!r}")))
+            rejected.append((r, RecordInvalid("unknown_source", detail=f"{s.source!r}")))
             continue
         if s.schema_version != source.version:
-            rejected.append(
-                (
-                    s,
-                    RecordInvalid(
-                        "schema_version_mismatch",
-                        detail=f"{s.source} v{s.schema_version}, features know v{source.version}",
-                    ),
-                )
-            )
+            detail = f"{s.source} v{s.schema_version}, features know v{source.version}"
+            rejected.append((r, RecordInvalid("schema_version_mismatch", detail=detail)))
             continue
-        key = (s.source, s.entity_id)
-        if key not in groups:
-            groups[key] = EntityBatch(source, s.entity_id)
-        groups[key].signals.append(s)
-    return list(groups.values()), rejected
+        by_source.setdefault(s.source, []).append(r)
+
+    batches: list[SourceBatch] = []
+    for name, mine in by_source.items():
+        source = definitions.source(name)
+        views = plans.get(name, [])
+        types: dict[str, FieldType] = {}
+        for plan in views:
+            types.update(plan.field_types)
+        numeric, text, bad = field_columns(types, [r.signal.fields for r in mine])
+        if bad:
+            rejected.extend(
+                (mine[i], RecordInvalid(FEATURE_TYPE_MISMATCH, detail=why))
+                for i, why in bad.items()
+            )
+            keep = np.asarray([i not in bad for i in range(len(mine))])
+            mine = [r for r, k in zip(mine, keep, strict=True) if k]
+            numeric = {k: v[keep] for k, v in numeric.items()}
+            text = {k: v[keep] for k, v in text.items()}
+        if not mine:
+            continue
+        index: dict[str, int] = {}
+        codes = np.fromiter(
+            (index.setdefault(r.signal.entity_id, len(index)) for r in mine),
+            dtype=np.int64,
+            count=len(mine),
+        )
+        offsets = np.fromiter((r.offset for r in mine), dtype=np.int64, count=len(mine))
+        events = EventColumns(
+            entity=codes,
+            ts=np.fromiter(
+                (r.signal.event_time.timestamp() for r in mine), dtype=np.float64, count=len(mine)
+            ),
+            seq=offsets.astype(np.float64),
+            partition=np.fromiter((r.partition for r in mine), dtype=np.int64, count=len(mine)),
+            offset=offsets,
+            numeric=numeric,
+            text=text,
+        )
+        batches.append(SourceBatch(source, views, mine, list(index), events))
+    return batches, rejected
 
 
-def compute_vectors(
-    views: Sequence[FeatureView], entity_id: str, history: EventHistory
-) -> list[VectorComputed]:
-    """Every view's vector as of the entity's newest event."""
-    if not history.times:
-        return []
-    as_of = history.times[-1]
-    return [
-        VectorComputed(view, entity_id, compute_view(view, history, as_of), as_of) for view in views
-    ]
+def update_views(batch: SourceBatch, loaded: Sequence[States]) -> list[ViewUpdate]:
+    """Apply `batch` to each view's loaded states (one per plan, rows = batch.entities)."""
+    out = []
+    for plan, states in zip(batch.plans, loaded, strict=True):
+        applied = apply(plan, states, batch.events)
+        out.append(ViewUpdate(plan, batch.entities, states, applied, vectors(plan, states)))
+    return out
 
 
-def by_source(definitions: Definitions) -> dict[str, list[FeatureView]]:
-    out: dict[str, list[FeatureView]] = defaultdict(list)
-    for v in definitions.feature_views:
-        out[v.source].append(v)
-    return dict(out)
+def verdicts(batch: SourceBatch, updates: Sequence[ViewUpdate]) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, too_late) per record of `batch`.
+
+    A record is too late (dead-lettered) when every view found it too late; it is
+    kept for the offline store otherwise, so replaying the store through any view
+    meets the same events that view met (a view rejects the same records again).
+    A record every view already holds (a redelivery) is not written again: the
+    offline file of its first delivery was written before the states were saved.
+    """
+    n = len(batch.records)
+    if not updates:
+        return np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
+    too_late = np.logical_and.reduce([u.applied.too_late for u in updates])
+    duplicate = np.logical_and.reduce([u.applied.duplicate for u in updates])
+    return ~too_late & ~duplicate, too_late

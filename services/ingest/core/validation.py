@@ -52,12 +52,15 @@ def validate_signal(record: bytes | Any, definitions: Definitions, now: datetime
         now: the current time (aware), for the lateness and future-skew bounds.
 
     Returns:
-        The signal, with `event_id` derived from its content when absent.
+        The signal, with `event_id` derived from its content when absent and
+        `ingested_at` set to `now` (whatever the client sent: lineage is ingest's).
 
     Raises:
         RecordInvalid: with one of the reason codes of this module.
     """
-    data = _as_object(record, _SIGNAL_SHAPE)
+    # Ingest's own lineage (issue 7): a client's `ingested_at` is replaced before any
+    # check, so it can neither be forged nor get a record rejected.
+    data = {**_as_object(record, _SIGNAL_SHAPE), "ingested_at": now}
     fields = data.get("fields")
     if not isinstance(fields, dict):
         raise RecordInvalid(

@@ -1,9 +1,9 @@
-"""Ray Data plumbing of the label join: filtered reads and the point-in-time join by entity.
+"""Ray Data plumbing of the label join: filtered reads and the signal join by entity bucket.
 
-All Ray Data calls of the service live here; the per-entity join itself is the pure
-`core.dataset.rows_for_entity`. What to read and which join answers which outcome is
-decided in `adapters/training_frame.py`; this module runs the parts too large for
-one process.
+All Ray Data calls of the service live here; the join itself is the pure
+`core.dataset.features_at` (the engine replay). What to read and which join answers
+which outcome is decided in `adapters/training_frame.py`; this module runs the parts
+too large for one process.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from functools import partial, reduce
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import ray
@@ -22,40 +23,38 @@ from pyarrow import fs
 from ray.data import DataContext, Dataset
 from ray.data.expressions import Expr, col, lit
 
-from libs.common.offline import OUTCOMES, PREDICTIONS, SIGNALS, OfflineStore
+from libs.common.offline import SCHEMAS, SIGNALS, OfflineStore
 from services.retrain.core.dataset import (
-    COMBINED_DTYPES,
+    AT,
     ENTITY,
-    LABEL,
+    SEEN,
+    SIGNAL_COLUMNS,
     JoinSpec,
-    combined_outcomes,
-    combined_predictions,
-    combined_signals,
-    finish_frame,
-    rows_for_entity,
+    as_categories,
+    features_at,
 )
-from services.retrain.errors import NoTrainingData
-
-Transform = Callable[[pd.DataFrame, JoinSpec], pd.DataFrame]
 
 Predicate = tuple[str, str, Any]
 """(column, operator, value): one conjunct of a row filter; operator one of
-'==', '>=', '<', '<=' and 'in' (value a sequence). Built once, run by pyarrow or Ray."""
+'==', '>=', '<', '<=', '<=|null' (at most the value, or null) and 'in' (value a
+sequence). Built once, run by pyarrow or Ray."""
 
 COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "==": operator.eq,
     ">=": operator.ge,
     "<": operator.lt,
     "<=": operator.le,
+    "<=|null": lambda field, value: (field <= value) | field.is_null(),
 }
 
-_ARROW = {"object": pa.string(), "float64": pa.float64(), "int64": pa.int64()}
-COMBINED_SCHEMA = pa.schema([(c, _ARROW[t]) for c, t in COMBINED_DTYPES.items()])
-
-# One read task and one shuffle partition per this many bytes of Parquet: small stores
-# run as one task instead of Ray Data's default 200-way split (each task costs a worker
+# One read task and one join bucket per this many bytes of Parquet: small stores run
+# as one task instead of Ray Data's default 200-way split (each task costs a worker
 # round trip, which dominates on small data).
 BYTES_PER_READ_TASK = 64 * 1024 * 1024
+
+QUERY = "query"
+"""Position of a query in the frame given to `signal_join_on_ray`."""
+_BUCKET = "_bucket"
 
 
 @contextmanager
@@ -76,24 +75,6 @@ def _join_context() -> Iterator[None]:
         yield
     finally:
         ctx.enable_arrow_backed_pandas_conversion, ctx.use_datasource_v2 = saved
-
-
-def _rows_schema(spec: JoinSpec) -> pa.Schema:
-    """Arrow types of `spec.columns` (training rows)."""
-    numeric = {*spec.feature_columns, LABEL, "ts"}
-    return pa.schema([(c, pa.float64() if c in numeric else pa.string()) for c in spec.columns])
-
-
-def _as_arrow(
-    batch: pd.DataFrame, *, transform: Transform, spec: JoinSpec, schema: pa.Schema
-) -> pa.Table:
-    """Run a pure pandas transform and fix its Arrow types.
-
-    Arrow infers `null` for a column that is all NaN/None in one batch (e.g. `label`
-    of signal rows), and blocks with different types cannot be concatenated in the
-    shuffle; an explicit schema keeps every block alike.
-    """
-    return pa.Table.from_pandas(transform(batch, spec), schema=schema, preserve_index=False)
 
 
 def stored_bytes(store: OfflineStore, files: Sequence[str]) -> int:
@@ -119,9 +100,13 @@ def _read_filtered(
     files: Sequence[str],
     columns: Sequence[str],
     predicates: Sequence[Predicate],
+    schema: pa.Schema | None = None,
 ) -> Dataset:
     ds = ray.data.read_parquet(
-        list(files), filesystem=store.filesystem, override_num_blocks=_blocks(store, files)
+        list(files),
+        filesystem=store.filesystem,
+        override_num_blocks=_blocks(store, files),
+        schema=schema,
     )
     expr = _ray_filter(predicates)
     if expr is not None:
@@ -144,25 +129,35 @@ def read_rows(
     return frame.reindex(columns=list(columns))
 
 
-def _join(datasets: list[Dataset], spec: JoinSpec, partitions: int) -> pd.DataFrame:
-    """Union combined datasets, group by entity and run `rows_for_entity` per group."""
-    frame = (
-        datasets[0]
-        .union(*datasets[1:])
-        .groupby(ENTITY, num_partitions=partitions)
-        .map_groups(
-            partial(_as_arrow, transform=rows_for_entity, spec=spec, schema=_rows_schema(spec)),
-            batch_format="pandas",
-        )
-        .to_pandas()
-    )
-    return finish_frame(frame, spec)
+def entity_bucket(entities: pd.Series, buckets: int) -> np.ndarray:
+    """Bucket of each entity id: a stable hash (the same in every process) mod `buckets`."""
+    hashed = pd.util.hash_array(entities.astype(str).to_numpy(dtype=object))
+    return (hashed % np.uint64(buckets)).astype(np.int64)
 
 
-def _combined(frame: pd.DataFrame, transform: Transform, spec: JoinSpec) -> Dataset:
-    return ray.data.from_arrow(
-        _as_arrow(frame, transform=transform, spec=spec, schema=COMBINED_SCHEMA)
-    )
+def _features_schema(spec: JoinSpec) -> pa.Schema:
+    """Arrow types of a bucket's answer: query position, model inputs, `seen`."""
+    inputs = [
+        (c, pa.string() if c in spec.categories else pa.float64()) for c in spec.feature_columns
+    ]
+    return pa.schema([(QUERY, pa.int64()), *inputs, (SEEN, pa.bool_())])
+
+
+def _bucket_features(
+    signals: pd.DataFrame,
+    *,
+    spec: JoinSpec,
+    queries: Sequence[ray.ObjectRef],
+    schema: pa.Schema,
+) -> pa.Table:
+    """`features_at` for one bucket: its signals (this group) and its queries."""
+    asked = ray.get(queries[int(signals[_BUCKET].iloc[0])])
+    features = features_at(spec, signals, asked).assign(**{QUERY: asked[QUERY].to_numpy()})
+    return pa.Table.from_pandas(features[schema.names], schema=schema, preserve_index=False)
+
+
+def _with_bucket(batch: pd.DataFrame, *, buckets: int) -> pd.DataFrame:
+    return batch.assign(**{_BUCKET: entity_bucket(batch[ENTITY], buckets)})
 
 
 def signal_join_on_ray(
@@ -171,109 +166,51 @@ def signal_join_on_ray(
     *,
     signal_files: Sequence[str],
     signal_predicates: Sequence[Predicate],
-    outcomes: pd.DataFrame,
-    anchors: pd.DataFrame,
-    partitions: int | None = None,
+    queries: pd.DataFrame,
+    buckets: int | None = None,
 ) -> pd.DataFrame:
-    """The point-in-time join over signals, on Ray Data, for the given outcomes only.
+    """`core.dataset.features_at` on Ray Data, one task per entity-hash bucket.
+
+    Signals and queries are split into buckets by a hash of the entity id; each
+    bucket's signals are grouped by a shuffle and replayed against that bucket's
+    queries (put once in the object store) by the same pure function the in-process
+    path calls, so both paths give the same rows.
 
     Args:
         store: the offline store.
         spec: the model's join spec.
         signal_files: the signal files to read.
         signal_predicates: the row filter of signals (entities, sources, time).
-        outcomes: outcome rows to answer (event_id, entity_id, ts, label, prediction_id).
-        anchors: logged predictions they name (event_id, entity_id, ts).
-        partitions: groupby partitions; None: one per 64 MiB of signals read.
+        queries: (entity_id, at) rows (`core.dataset.query_times`).
+        buckets: entity buckets; None: one per 64 MiB of signal files.
 
     Returns:
-        Training rows (`finish_frame`).
+        `features_at` of `queries`, same index; queries of a bucket without signals
+        are not seen (cold starts).
     """
+    if buckets is None:
+        buckets = _blocks(store, signal_files)
+    asked = queries[[ENTITY, AT]].assign(**{QUERY: np.arange(len(queries))})
+    bucket_of = entity_bucket(asked[ENTITY], buckets)
+    refs = [ray.put(asked[bucket_of == b].reset_index(drop=True)) for b in range(buckets)]
+    schema = _features_schema(spec)
     with _join_context():
-        signals = _read_filtered(
-            store,
-            signal_files,
-            ["event_id", "source", "schema_version", ENTITY, "ts", "fields_json"],
-            signal_predicates,
-        ).map_batches(
-            partial(_as_arrow, transform=combined_signals, spec=spec, schema=COMBINED_SCHEMA),
-            batch_format="pandas",
-        )
-        outcomes = outcomes.assign(model=spec.model.name)
-        parts = [signals, _combined(outcomes, combined_outcomes, spec)]
-        if not anchors.empty:
-            parts.append(
-                _combined(anchors.assign(model=spec.model.name), combined_predictions, spec)
+        answered = (
+            _read_filtered(
+                store, signal_files, SIGNAL_COLUMNS, signal_predicates, schema=SCHEMAS[SIGNALS]
             )
-        if partitions is None:
-            partitions = _blocks(store, signal_files)
-        return _join(parts, spec, partitions)
-
-
-def _read(store: OfflineStore, kind: str, transform: Transform, spec: JoinSpec) -> Dataset | None:
-    files = store.files(kind)
-    if not files:
-        return None
-    return ray.data.read_parquet(
-        files, filesystem=store.filesystem, override_num_blocks=_blocks(store, files)
-    ).map_batches(
-        partial(_as_arrow, transform=transform, spec=spec, schema=COMBINED_SCHEMA),
-        batch_format="pandas",
-    )
-
-
-def whole_store_frame(
-    store: OfflineStore, spec: JoinSpec, *, partitions: int | None = None
-) -> pd.DataFrame:
-    """The signal join over the whole offline store: every label recomputed from signals.
-
-    Reads all signals, outcomes and predictions with `ray.data.read_parquet`, maps each
-    to one combined schema, unions them, groups by entity and joins each entity with
-    `rows_for_entity`. Duplicates are removed per entity: event ids derive from
-    content that includes the entity, so per-entity dedup is global dedup. No label
-    rules (corrections, invalid labels) apply here.
-
-    This was the only path before the served-features join (`build_training_frame`);
-    it stays as the reference the benchmark and the equivalence test compare with.
-
-    Args:
-        store: the offline store to read.
-        spec: the model's join spec.
-        partitions: hash partitions of the groupby shuffle; None sizes them by data,
-            one per 64 MiB (measured on 2 cores with 2,400 labels: 1 partition joins in
-            ~1.2 s, 4 partitions in ~8 s, all overhead).
-
-    Returns:
-        A pandas frame with `spec.columns`, ordered by as-of time then outcome id.
-
-    Raises:
-        NoTrainingData: the store holds no signals or no outcomes.
-    """
-    with _join_context():
-        parts = {
-            SIGNALS: _read(store, SIGNALS, combined_signals, spec),
-            OUTCOMES: _read(store, OUTCOMES, combined_outcomes, spec),
-            PREDICTIONS: _read(store, PREDICTIONS, combined_predictions, spec),
-        }
-        for kind in (SIGNALS, OUTCOMES):
-            if parts[kind] is None:
-                raise NoTrainingData(f"the offline store {store.root!r} holds no {kind} yet")
-        datasets = [d for d in parts.values() if d is not None]
-        if partitions is None:
-            stored = [f for kind in parts for f in store.files(kind)]
-            partitions = max(1, math.ceil(stored_bytes(store, stored) / BYTES_PER_READ_TASK))
-        return _join(datasets, spec, partitions)
-
-
-def build_training_frame(
-    store: OfflineStore,
-    spec: JoinSpec,
-    *,
-    partitions: int | None = None,
-    since: float | None = None,
-) -> pd.DataFrame:
-    """`adapters.training_frame.build_training_frame`, under its former address."""
-    # Imported here: training_frame imports this module for its Ray Data parts.
-    from services.retrain.adapters.training_frame import build_training_frame as build
-
-    return build(store, spec, partitions=partitions, since=since)
+            .map_batches(partial(_with_bucket, buckets=buckets), batch_format="pandas")
+            .groupby(_BUCKET, num_partitions=buckets)
+            .map_groups(
+                partial(_bucket_features, spec=spec, queries=refs, schema=schema),
+                batch_format="pandas",
+            )
+            .to_pandas()
+        )
+    if answered.empty:
+        answered = schema.empty_table().to_pandas()
+    out = answered.set_index(QUERY).reindex(np.arange(len(queries)))
+    out[SEEN] = out[SEEN].fillna(False).astype(bool)
+    for c in spec.feature_columns:
+        out[c] = as_categories(out[c]) if c in spec.categories else out[c].astype("float64")
+    return out[[*spec.feature_columns, SEEN]].set_axis(queries.index)

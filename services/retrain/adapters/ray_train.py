@@ -27,6 +27,7 @@ from ray.train.lightgbm import LightGBMTrainer, RayTrainReportCallback, get_netw
 
 from libs.common.observability import get_logger
 from services.retrain.core.dataset import LABEL
+from services.retrain.core.training import categorical_split
 from services.retrain.settings import RetrainSettings
 
 log = get_logger(__name__)
@@ -71,11 +72,19 @@ def _train_per_worker(config: dict[str, Any]) -> None:
     columns: list[str] = config["columns"]
     x, y, w = _shard_arrays(columns, config["with_weights"])
     loaded = time.perf_counter()
-    params = {**config["params"], **get_network_params()}
+    params, categorical = categorical_split(config["params"])
+    params.update(get_network_params())
     params.setdefault("tree_learner", "data_parallel")
     params.setdefault("pre_partition", True)
     params["num_threads"] = config["num_threads"]
-    dataset = lgb.Dataset(x, label=y, weight=w, feature_name=columns, free_raw_data=True)
+    dataset = lgb.Dataset(
+        x,
+        label=y,
+        weight=w,
+        feature_name=columns,
+        categorical_feature=categorical,
+        free_raw_data=True,
+    )
     booster = lgb.train(params, dataset, num_boost_round=config["rounds"])
     metrics = {
         "rounds": booster.current_iteration(),

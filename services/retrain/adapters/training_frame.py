@@ -8,16 +8,18 @@
    outside the window rather than unknown).
 3. `core.served_rows.served_rows`: rows from the logged inputs (what serve saw).
 4. The point-in-time join over signals only for the outcomes left (see
-   `core.served_rows`), reading only the signals of their entities; no signal is
-   read when none is left.
+   `core.served_rows`): the engine replays the signals of their entities and the
+   model's sources that had arrived by the latest query time (`core.dataset`),
+   reading only the date folders up to it; no signal is read when none is left.
 
-Small inputs are read and joined in this process (pyarrow and pandas); inputs whose
-Parquet files exceed `IN_PROCESS_MAX_BYTES` are read, and the signal join run, by
-Ray Data tasks (adapters/ray_data.py).
+Small inputs are read and joined in this process (pyarrow and pandas, vectorised);
+inputs whose Parquet files exceed `IN_PROCESS_MAX_BYTES` are read, and the signal
+join run per entity-hash bucket, by Ray Data tasks (adapters/ray_data.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import time
 from collections.abc import Sequence
@@ -31,15 +33,17 @@ from libs.common.offline import OUTCOMES, PREDICTIONS, SCHEMAS, SIGNALS, Offline
 from services.retrain.adapters import ray_data
 from services.retrain.adapters.ray_data import COMPARE, Predicate
 from services.retrain.core.dataset import (
+    ARRIVAL,
+    AT,
     ENTITY,
+    SIGNAL_COLUMNS,
     TS,
     JoinSpec,
-    combined_outcomes,
-    combined_predictions,
-    combined_signals,
     empty_rows,
+    features_at,
     finish_frame,
-    rows_for_entity,
+    query_times,
+    training_rows,
 )
 from services.retrain.core.served_rows import (
     EVENT_ID,
@@ -58,8 +62,6 @@ log = get_logger(__name__)
 # Data job costs more in task round trips (about 1 s on 2 cores) than the work.
 IN_PROCESS_MAX_BYTES = 256 * 1024 * 1024
 
-SIGNAL_COLUMNS = [EVENT_ID, "source", "schema_version", ENTITY, TS, "fields_json"]
-
 
 def _expression(predicates: Sequence[Predicate]) -> ds.Expression | None:
     terms = [
@@ -76,13 +78,15 @@ def _read(
     predicates: Sequence[Predicate],
     *,
     max_bytes: int,
+    files: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Rows of `kind` matching `predicates`, in the store's file and row order.
 
     Row order carries the produced order (files sort by topic, partition and offset);
-    pyarrow's `to_table` and Ray Data's `to_pandas` both keep it.
+    pyarrow's `to_table` and Ray Data's `to_pandas` both keep it. `files`: the files to
+    read (default: all of `kind`).
     """
-    files = store.files(kind)
+    files = store.files(kind) if files is None else files
     if not files:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
     if ray_data.stored_bytes(store, files) > max_bytes:
@@ -131,54 +135,53 @@ def _logged_predictions(
     return pd.concat([found, older], ignore_index=True) if len(older) else found
 
 
-def _signal_join_in_process(
-    spec: JoinSpec, signals: pd.DataFrame, outcomes: pd.DataFrame, anchors: pd.DataFrame
-) -> pd.DataFrame:
-    """`rows_for_entity` per entity of `outcomes`, in this process."""
-    model = {"model": spec.model.name}
-    combined = pd.concat(
-        [
-            combined_signals(signals, spec),
-            combined_outcomes(outcomes.assign(**model), spec),
-            combined_predictions(anchors.assign(**model), spec),
-        ],
-        ignore_index=True,
-    )
-    parts = [rows_for_entity(group, spec) for _, group in combined.groupby(ENTITY, sort=False)]
-    return pd.concat(parts, ignore_index=True) if parts else empty_rows(spec)
-
-
 def _signal_join(
     store: OfflineStore,
     spec: JoinSpec,
-    outcomes: pd.DataFrame,
+    pending: pd.DataFrame,
     anchors: pd.DataFrame,
     *,
     partitions: int | None,
     max_bytes: int,
-) -> pd.DataFrame:
-    """The point-in-time join over signals for `outcomes` only, reading their entities'."""
-    files = store.files(SIGNALS)
-    if outcomes.empty or not files:
-        return empty_rows(spec)
-    latest = max(outcomes[TS].max(), anchors[TS].max() if len(anchors) else -float("inf"))
+) -> tuple[pd.DataFrame, int]:
+    """The point-in-time join over signals for `pending` only (`core.dataset`).
+
+    Reads the signals of their entities and the model's sources with event and
+    arrival times up to the latest query time, from the date folders up to it.
+
+    Returns:
+        (training rows, cold starts dropped).
+    """
+    queries = query_times(pending, anchors, spec.model.label_horizon_s)
+    if queries.empty:
+        return empty_rows(spec), 0
+    latest = float(queries[AT].max())
+    files = store.files(SIGNALS, until=latest)
+    if not files:
+        return empty_rows(spec), len(queries)
+    entities = queries[ENTITY].to_numpy(dtype=object)  # Arrow strings iterate slowly
     predicates: list[Predicate] = [
-        (ENTITY, "in", sorted(set(outcomes[ENTITY]))),
+        (ENTITY, "in", sorted(set(entities))),
         ("source", "in", sorted(spec.source_versions)),
-        (TS, "<=", float(latest)),
+        (TS, "<=", latest),
+        # Rows written before lineage have no arrival time: they arrived at `ts`.
+        (ARRIVAL, "<=|null", latest),
     ]
     if ray_data.stored_bytes(store, files) > max_bytes:
-        return ray_data.signal_join_on_ray(
+        features = ray_data.signal_join_on_ray(
             store,
             spec,
             signal_files=files,
             signal_predicates=predicates,
-            outcomes=outcomes,
-            anchors=anchors,
-            partitions=partitions,
+            queries=queries,
+            buckets=partitions,
         )
-    signals = _read(store, SIGNALS, SIGNAL_COLUMNS, predicates, max_bytes=max_bytes)
-    return finish_frame(_signal_join_in_process(spec, signals, outcomes, anchors), spec)
+    else:
+        signals = _read(
+            store, SIGNALS, SIGNAL_COLUMNS, predicates, max_bytes=max_bytes, files=files
+        )
+        features = features_at(spec, signals, queries)
+    return training_rows(spec, queries, features)
 
 
 def build_training_frame(
@@ -194,15 +197,15 @@ def build_training_frame(
     Args:
         store: the offline store to read.
         spec: the model's join spec.
-        partitions: groupby partitions of a signal join on Ray Data; None: one per
-            64 MiB of signals.
+        partitions: entity buckets of a signal join on Ray Data; None: one per
+            64 MiB of signal files.
         since: only rows as of this time (epoch seconds) or later: the data window.
         in_process_max_bytes: Parquet bytes per kind above which Ray Data reads it.
 
     Returns:
-        `spec.columns` (float64 inputs, label and ts; string entity and outcome ids),
-        ordered by ts then outcome id; `ts` is the as-of time (the answer's time for a
-        label naming a logged answer).
+        `spec.columns` (float64 inputs, categorical inputs as str, label and ts; string
+        entity and outcome ids), ordered by ts then outcome id; `ts` is the as-of
+        time (the answer's time for a label naming a logged answer).
 
     Raises:
         NoTrainingData: the store holds no outcomes (or nothing at all) yet.
@@ -222,7 +225,16 @@ def build_training_frame(
     read_s = time.perf_counter() - started
 
     join = served_rows(spec, outcomes, predictions, since=since)
-    signal_rows = _signal_join(
+    if len(join.unknown):
+        # Never joined at label time: what serve saw for them is unknown (served_rows).
+        log.warning(
+            "unknown_prediction_dropped",
+            model=spec.model.name,
+            outcomes=len(join.unknown),
+            examples=join.unknown[EVENT_ID].head(5).tolist(),
+            prediction_ids=join.unknown[PREDICTION_ID].head(5).tolist(),
+        )
+    signal_rows, cold_start = _signal_join(
         store,
         spec,
         join.pending,
@@ -242,6 +254,6 @@ def build_training_frame(
         signal_rows=len(signal_rows),
         read_s=round(read_s, 3),
         total_s=round(time.perf_counter() - started, 3),
-        **join.counts.as_dict(),
+        **dataclasses.replace(join.counts, cold_start=cold_start).as_dict(),
     )
     return frame

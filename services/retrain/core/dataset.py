@@ -1,59 +1,56 @@
-"""The label join: one entity's signals and outcomes become point-in-time training rows.
+"""The label join over signals: the vector serve could read at each label's query time.
 
 Pure pandas in, pandas out. It answers the labels the served-features join
-(core/served_rows.py) leaves to it: `rows_for_entity` runs once per entity, in
-process or on Ray Data (adapters/training_frame.py, adapters/ray_data.py); the unit
-tests call it directly. Features come from
-`libs.common.features.compute_view`, the function the streaming path calls, so a
-training row and a served row of the same events are equal (no skew).
+(core/served_rows.py) leaves to it by replaying the offline store's signals through
+the feature engine (`libs.common.features.replay.vectors_at`), the code the features
+service runs: a training row and a served vector of the same events are equal (no
+skew), and an event counts only once it had arrived at ingest by the query time.
+Vectorised over all labels; adapters/training_frame.py runs it in this process, and
+adapters/ray_data.py per entity-hash bucket on Ray Data for large inputs.
 """
 
 from __future__ import annotations
 
-import bisect
-import json
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from libs.common.definitions import Definitions, FeatureView, ModelDefinition
-from libs.common.features import (
-    EventHistory,
-    FeatureVector,
-    compute_view,
-    model_columns,
-    to_row,
-)
+from libs.common.features import declared_categories, model_columns
+from libs.common.features.plan import ViewPlan
+from libs.common.features.replay import ARRIVAL, AS_OF, AT, OFFSET, PARTITION, vectors_at
 
 LABEL = "label"
 TS = "ts"
 ENTITY = "entity_id"
 OUTCOME_ID = "outcome_id"
+EVENT_ID = "event_id"
+PREDICTION_ID = "prediction_id"
+SEEN = "seen"
+TOPIC = "topic"
 
 # Entity and outcome ids in training frames: pandas' string dtype, what Arrow's
 # `to_pandas` gives them (the Ray Data join's frames always had it).
 ID_DTYPE = pd.StringDtype(na_value=np.nan)
+# Categorical model inputs (`last` of a str field) in training frames: plain object
+# columns of str, None when missing, encoded to codes only at training
+# (libs/common/features/categories.py).
+CATEGORY_DTYPE = "object"
 
-KIND = "kind"
-SIGNAL, OUTCOME, PREDICTION = "signal", "outcome", "prediction"
-
-# One schema for signals, outcomes and predictions of an entity, so the three can be
-# unioned and grouped by entity in one shuffle. Unused cells hold "" / NaN / 0, never
-# None, so every block has the same Arrow types.
-COMBINED_DTYPES: dict[str, str] = {
-    KIND: "object",
-    ENTITY: "object",
-    "event_id": "object",
-    TS: "float64",
-    "source": "object",
-    "schema_version": "int64",
-    "fields_json": "object",
-    LABEL: "float64",
-    "prediction_id": "object",
-}
+SIGNAL_COLUMNS = [
+    EVENT_ID,
+    ENTITY,
+    TS,
+    ARRIVAL,
+    TOPIC,
+    PARTITION,
+    OFFSET,
+    "fields_json",
+    "source",
+    "schema_version",
+]
+"""What the join reads of a signal row (libs.common.offline SIGNALS schema)."""
 
 
 @dataclass(frozen=True)
@@ -64,14 +61,16 @@ class JoinSpec:
         model: the model definition (features, label horizon).
         views: the feature views the model reads, in first-use order.
         source_versions: source name -> the schema version whose signals count.
-        retention_s: source name -> history the online state keeps of that source;
-            older events are invisible, as they are in the streaming path.
+        plans: view name -> the compiled view the engine replays.
+        categories: categorical column (`last` of a str field) -> its field's declared
+            `allowed` values, or None (`declared_categories`); these columns hold str.
     """
 
     model: ModelDefinition
     views: tuple[FeatureView, ...]
     source_versions: dict[str, int]
-    retention_s: dict[str, float] = field(default_factory=dict)
+    plans: dict[str, ViewPlan] = field(default_factory=dict)
+    categories: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
 
     @classmethod
     def of(cls, definitions: Definitions, model_name: str) -> JoinSpec:
@@ -81,7 +80,8 @@ class JoinSpec:
             model=model,
             views=views,
             source_versions={v.source: definitions.source(v.source).version for v in views},
-            retention_s={v.source: source_retention(definitions, v.source) for v in views},
+            plans={v.name: ViewPlan.of(v, definitions.source(v.source)) for v in views},
+            categories=declared_categories(definitions, model),
         )
 
     @property
@@ -89,19 +89,22 @@ class JoinSpec:
         return model_columns(self.model)
 
     @property
+    def categorical_columns(self) -> list[str]:
+        """Model inputs that are categories: str (object) in training frames."""
+        return list(self.categories)
+
+    @property
     def columns(self) -> list[str]:
         """Columns of a training frame: model inputs in order, then label, as-of, ids."""
         return [*self.feature_columns, LABEL, TS, ENTITY, OUTCOME_ID]
 
 
-def source_retention(definitions: Definitions, source: str) -> float:
-    """History the online state keeps of `source` (Definitions.retention_of)."""
-    return definitions.retention_of(source)
-
-
 def empty_rows(spec: JoinSpec) -> pd.DataFrame:
     """A training frame with no rows and the right columns and dtypes."""
-    cols: dict[str, pd.Series] = {c: pd.Series(dtype="float64") for c in spec.feature_columns}
+    cols: dict[str, pd.Series] = {
+        c: pd.Series(dtype=CATEGORY_DTYPE if c in spec.categories else "float64")
+        for c in spec.feature_columns
+    }
     cols[LABEL] = pd.Series(dtype="float64")
     cols[TS] = pd.Series(dtype="float64")
     cols[ENTITY] = pd.Series(dtype=ID_DTYPE)
@@ -109,210 +112,158 @@ def empty_rows(spec: JoinSpec) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
+def as_categories(values: pd.Series) -> pd.Series:
+    """A categorical column as training frames hold it: object, str values, missing as None."""
+    data = values.to_numpy(dtype=object)
+    return pd.Series(
+        [v if isinstance(v, str) else None for v in data], index=values.index, dtype=CATEGORY_DTYPE
+    )
+
+
 def finish_frame(frame: pd.DataFrame, spec: JoinSpec) -> pd.DataFrame:
-    """A training frame in canonical form: `spec.columns`, float64 numbers, string ids,
-    ordered by as-of time then outcome id (joins and partitions arrive in any order).
+    """A training frame in canonical form: `spec.columns`, float64 numbers, object
+    categories (str, missing as None), string ids, ordered by as-of time then outcome id
+    (joins and partitions arrive in any order).
 
     Arrow stores NaN as null, and a block whose column is all null comes back as object
     None: numbers are cast back to float64 (LightGBM rejects Arrow-backed dtypes).
+    Categories stay str until training encodes them (`CategoryEncoding`).
     """
     if frame.empty:
         return empty_rows(spec)
-    numeric = {c: "float64" for c in [*spec.feature_columns, LABEL, TS]}
+    numeric = {c: "float64" for c in [*spec.feature_columns, LABEL, TS] if c not in spec.categories}
     frame = frame[spec.columns].astype({**numeric, ENTITY: ID_DTYPE, OUTCOME_ID: ID_DTYPE})
+    for c in spec.categorical_columns:
+        frame[c] = as_categories(frame[c])
     return frame.sort_values([TS, OUTCOME_ID], kind="stable").reset_index(drop=True)
 
 
-def as_of_time(
-    outcome_ts: float,
-    prediction_id: str | None,
-    prediction_times: Mapping[str, float],
-    horizon_s: float,
-) -> float:
-    """When the features of a label are taken (DESIGN.md, label join).
+def query_times(pending: pd.DataFrame, anchors: pd.DataFrame, horizon_s: float) -> pd.DataFrame:
+    """When each outcome's features are taken (DESIGN.md, label join), vectorised.
 
     Args:
-        outcome_ts: the outcome's event time, epoch seconds.
-        prediction_id: the prediction the outcome names, if any.
-        prediction_times: prediction id -> the time it was made (logged predictions).
+        pending: outcomes for the signal join (event_id, entity_id, ts, label,
+            prediction_id; "" or None when no prediction is named).
+        anchors: the logged answers they name (event_id = prediction id, entity_id, ts).
         horizon_s: the model's label horizon.
 
     Returns:
-        The named prediction's time when it was logged, else outcome time minus horizon.
+        `pending`'s rows, in order, with `at`: the named answer's time when it is in
+        `anchors`, label time minus `horizon_s` when no prediction is named. An outcome
+        naming an answer `anchors` lacks is left out (what serve saw is unknown;
+        served_rows drops and counts those before). Index 0..n-1.
     """
-    if prediction_id and prediction_id in prediction_times:
-        return prediction_times[prediction_id]
-    return outcome_ts - horizon_s
+    named = pending[PREDICTION_ID].fillna("").astype(str).to_numpy(dtype=object)
+    times = anchors.drop_duplicates(EVENT_ID).set_index(EVENT_ID)[TS].astype("float64")
+    anchored_at = pd.Series(named).map(times).to_numpy(dtype="float64")
+    unnamed = named == ""
+    at = np.where(unnamed, pending[TS].to_numpy(dtype="float64") - horizon_s, anchored_at)
+    keep = unnamed | ~np.isnan(anchored_at)
+    return pending[keep].assign(**{AT: at[keep]}).reset_index(drop=True)
 
 
-def online_state(
-    history: EventHistory, as_of: float, retention_s: float
-) -> tuple[EventHistory, float] | None:
-    """What the online store held for an entity's source at time `as_of`.
+def current_signals(spec: JoinSpec, signals: pd.DataFrame) -> pd.DataFrame:
+    """The signals that count: the model's sources at their current schema versions,
+    each record once, with lineage filled in.
 
-    The features service computes vectors as of the entity's newest event and keeps
-    only events within `retention_s` of it (services/features; the memory and Redis
-    stores trim `ts < newest - retention`). So at `as_of` serve reads the vector
-    computed as of the last event at or before `as_of`, over that retained history.
-
-    Returns:
-        (retained history up to that event, the event's time), or None when the
-        entity had no event of the source yet (no vector online).
+    Records consumed from Kafka count once per (topic, partition, offset), others once
+    per event id, the first in the store's order kept (as `OfflineStore.read` does).
+    A row written before lineage was recorded arrived at its event time and is not
+    from Kafka (partition and offset -1).
     """
-    hi = bisect.bisect_right(history.times, as_of)
-    if hi == 0:
-        return None
-    newest = history.times[hi - 1]
-    lo = bisect.bisect_left(history.times, newest - retention_s, 0, hi)
-    return EventHistory(times=history.times[lo:hi], rows=history.rows[lo:hi]), newest
+    keep = np.zeros(len(signals), dtype=bool)
+    source = signals["source"].to_numpy(dtype=object)
+    version = signals["schema_version"].to_numpy()
+    for name, current in spec.source_versions.items():
+        keep |= (source == name) & (version == current)
+    out = signals[keep]
+    ts = out[TS].to_numpy(dtype="float64")
+    arrival = out[ARRIVAL].to_numpy(dtype="float64")
+    out = out.assign(
+        **{
+            ARRIVAL: np.where(np.isnan(arrival), ts, arrival),
+            TOPIC: out[TOPIC].fillna("").astype(str).to_numpy(dtype=object),
+            PARTITION: out[PARTITION].fillna(-1).to_numpy(dtype="int64"),
+            OFFSET: out[OFFSET].fillna(-1).to_numpy(dtype="int64"),
+        }
+    )
+    kafka = out[OFFSET].to_numpy() >= 0
+    repeated = np.zeros(len(out), dtype=bool)
+    repeated[kafka] = out[kafka].duplicated([TOPIC, PARTITION, OFFSET]).to_numpy()
+    repeated[~kafka] = out[~kafka].duplicated([EVENT_ID]).to_numpy()
+    return out[~repeated].reset_index(drop=True)
 
 
-def _histories(spec: JoinSpec, signals: pd.DataFrame) -> dict[str, EventHistory]:
-    histories: dict[str, EventHistory] = {}
-    for source, version in spec.source_versions.items():
-        mine = signals[(signals["source"] == source) & (signals["schema_version"] == version)]
-        histories[source] = EventHistory.from_events(
-            [
-                (eid, float(ts), json.loads(fj))
-                for eid, ts, fj in zip(mine["event_id"], mine[TS], mine["fields_json"], strict=True)
-            ]
-        )
-    return histories
-
-
-def entity_rows(
-    spec: JoinSpec,
-    entity_id: str,
-    signals: pd.DataFrame,
-    outcomes: pd.DataFrame,
-    predictions: pd.DataFrame | None = None,
-) -> pd.DataFrame:
-    """Training rows of one entity: one per outcome, with the features serve saw then.
-
-    Each outcome's join time comes from `as_of_time`; each view's features are the
-    vector the online store held at that time (`online_state`): computed by
-    `compute_view` as of the entity's last event at or before the join time.
+def features_at(spec: JoinSpec, signals: pd.DataFrame, queries: pd.DataFrame) -> pd.DataFrame:
+    """The model's inputs as serve could read them at each query (engine replay).
 
     Args:
         spec: the model's join spec.
-        entity_id: the entity all frames speak about.
-        signals: offline-store signal rows (event_id, source, schema_version, ts,
-            fields_json); other sources and schema versions are ignored.
-        outcomes: outcome rows (event_id, ts, label, prediction_id) of this model.
-        predictions: logged prediction rows (event_id = prediction id, ts), if any.
+        signals: offline-store signal rows (`SIGNAL_COLUMNS`) of at least the queries'
+            entities; other sources, other schema versions and repeats are ignored.
+        queries: (entity_id, at) rows.
 
     Returns:
-        `spec.columns`; duplicates (same event id) count once; an outcome whose
-        entity had no signal of any of the model's sources by its join time is dropped
-        (serve answers such a cold start with the fallback; it teaches the model nothing).
-        The `ts` column is the join time.
+        A frame aligned with `queries` (same index): `spec.feature_columns` in the
+        model's order (float64, NaN where missing; categorical columns object, None
+        where missing) and `seen`: some view of the model had a vector online.
     """
-    if outcomes.empty or signals.empty:
-        return empty_rows(spec)
-    signals = signals.drop_duplicates("event_id")
-    outcomes = outcomes.drop_duplicates("event_id").sort_values(TS, kind="stable")
-    prediction_times: dict[str, float] = {}
-    if predictions is not None and not predictions.empty:
-        dedup = predictions.drop_duplicates("event_id")
-        prediction_times = dict(zip(dedup["event_id"], dedup[TS].astype(float), strict=True))
-    histories = _histories(spec, signals)
-
-    records: list[list[float]] = []
-    labels: list[float] = []
-    times: list[float] = []
-    ids: list[str] = []
-    horizon = spec.model.label_horizon_s
-    for eid, ts, label, pid in zip(
-        outcomes["event_id"], outcomes[TS], outcomes[LABEL], outcomes["prediction_id"], strict=True
-    ):
-        as_of = as_of_time(
-            float(ts), pid if isinstance(pid, str) else None, prediction_times, horizon
-        )
-        online = {
-            src: online_state(h, as_of, spec.retention_s[src]) for src, h in histories.items()
-        }
-        if not any(online.values()):
-            continue
-        values: dict[str, FeatureVector] = {}
-        for view in spec.views:
-            state = online[view.source]
-            # No event of the view's source yet: serve has no vector, the row has NaNs.
-            values[view.name] = compute_view(view, *state) if state else {}
-        records.append(to_row(spec.model, values))
-        labels.append(float(label))
-        times.append(as_of)
-        ids.append(str(eid))
-    if not records:
-        return empty_rows(spec)
-    frame = pd.DataFrame(np.asarray(records, dtype="float64"), columns=spec.feature_columns)
-    frame[LABEL] = labels
-    frame[TS] = times
-    frame[ENTITY] = entity_id
-    frame[OUTCOME_ID] = ids
-    return frame
+    events = current_signals(spec, signals)
+    asked = queries[[ENTITY, AT]]
+    seen = np.zeros(len(queries), dtype=bool)
+    by_view: dict[str, pd.DataFrame] = {}
+    for view in spec.views:
+        mine = events[events["source"].to_numpy(dtype=object) == view.source]
+        vectors = vectors_at(spec.plans[view.name], mine, asked)
+        seen |= vectors[AS_OF].notna().to_numpy()
+        by_view[view.name] = vectors
+    columns: dict[str, np.ndarray] = {}
+    for ref, column in zip(spec.model.features, spec.feature_columns, strict=True):
+        view_name, _, feature = ref.partition(".")
+        values = by_view[view_name][feature]
+        if column in spec.categories:
+            columns[column] = as_categories(values).to_numpy(dtype=object)
+        else:
+            columns[column] = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
+    out = pd.DataFrame(columns, index=queries.index)
+    out[SEEN] = seen
+    return out
 
 
-def rows_for_entity(group: pd.DataFrame, spec: JoinSpec) -> pd.DataFrame:
-    """`entity_rows` over a combined group (one entity, rows tagged by `kind`).
+def training_rows(
+    spec: JoinSpec, queries: pd.DataFrame, features: pd.DataFrame
+) -> tuple[pd.DataFrame, int]:
+    """Training rows of the queries some view had a vector for.
 
-    This is the function Ray Data maps over `groupby(entity_id)`.
+    Args:
+        spec: the model's join spec.
+        queries: `query_times` rows.
+        features: `features_at` of those queries (same index).
+
+    Returns:
+        (`spec.columns` with `ts` = the query time `at`, the number of cold starts:
+        queries whose entity had no vector in any of the model's views, dropped because
+        serve answers them with the fallback and they teach the model nothing).
     """
-    if group.empty:
-        return empty_rows(spec)
-    kinds = group[KIND]
-    return entity_rows(
-        spec,
-        str(group[ENTITY].iloc[0]),
-        group[kinds == SIGNAL],
-        group[kinds == OUTCOME],
-        group[kinds == PREDICTION],
-    )
+    seen = features[SEEN].to_numpy(dtype=bool)
+    hit = queries[seen]
+    rows = features.loc[seen, spec.feature_columns].reset_index(drop=True)
+    rows[LABEL] = hit[LABEL].to_numpy(dtype="float64")
+    rows[TS] = hit[AT].to_numpy(dtype="float64")
+    rows[ENTITY] = hit[ENTITY].astype(str).to_numpy(dtype=object)
+    rows[OUTCOME_ID] = hit[EVENT_ID].astype(str).to_numpy(dtype=object)
+    return finish_frame(rows, spec), int((~seen).sum())
 
 
-# Offline-store rows -> combined rows (the three read paths before the union) ------
+def signal_rows(
+    spec: JoinSpec, signals: pd.DataFrame, pending: pd.DataFrame, anchors: pd.DataFrame
+) -> tuple[pd.DataFrame, int]:
+    """The whole signal join in one call: `query_times`, `features_at`, `training_rows`.
 
-
-def _combined(batch: pd.DataFrame, kind: str) -> pd.DataFrame:
-    n = len(batch)
-    out = pd.DataFrame(
-        {
-            KIND: [kind] * n,
-            ENTITY: batch[ENTITY].astype(str).to_numpy(),
-            "event_id": batch["event_id"].astype(str).to_numpy(),
-            TS: batch[TS].astype("float64").to_numpy(),
-            "source": batch["source"].astype(str).to_numpy() if "source" in batch else "",
-            "schema_version": (
-                batch["schema_version"].astype("int64").to_numpy()
-                if "schema_version" in batch
-                else 0
-            ),
-            "fields_json": batch["fields_json"].astype(str).to_numpy()
-            if "fields_json" in batch
-            else "",
-            LABEL: batch[LABEL].astype("float64").to_numpy() if LABEL in batch else math.nan,
-            "prediction_id": (
-                batch["prediction_id"].fillna("").astype(str).to_numpy()
-                if "prediction_id" in batch
-                else ""
-            ),
-        }
-    )
-    return out.astype(COMBINED_DTYPES)
-
-
-def combined_signals(batch: pd.DataFrame, spec: JoinSpec) -> pd.DataFrame:
-    """Signal rows of the model's sources at their current schema versions."""
-    keep = pd.Series(False, index=batch.index)
-    for source, version in spec.source_versions.items():
-        keep |= (batch["source"] == source) & (batch["schema_version"] == version)
-    return _combined(batch[keep], SIGNAL)
-
-
-def combined_outcomes(batch: pd.DataFrame, spec: JoinSpec) -> pd.DataFrame:
-    """Outcome rows labelling this model."""
-    return _combined(batch[batch["model"] == spec.model.name], OUTCOME)
-
-
-def combined_predictions(batch: pd.DataFrame, spec: JoinSpec) -> pd.DataFrame:
-    """Logged predictions of this model (their times anchor the label join)."""
-    return _combined(batch[batch["model"] == spec.model.name], PREDICTION)
+    Returns:
+        (training rows, cold starts dropped).
+    """
+    queries = query_times(pending, anchors, spec.model.label_horizon_s)
+    if queries.empty:
+        return empty_rows(spec), 0
+    return training_rows(spec, queries, features_at(spec, signals, queries))

@@ -22,17 +22,21 @@ Rules, applied in this order and counted in `ServedCounts`:
    that holds the model's inputs (a champion or challenger answer whose logged
    features name every input of the model): the row is those features and the label,
    as of the answer's time.
-5. The others go to the point-in-time join over signals (`core.dataset.entity_rows`):
+5. The others go to the point-in-time join over signals (`core.dataset.signal_rows`:
+   the engine replays the signals that had arrived at ingest by the query time):
    - `anchored`: the answer is logged without the model's inputs (a fallback answer;
      a log written before serve recorded inputs; a model whose feature list changed
-     since): joined as of the answer's time. A cold start (no signal yet) yields no
-     row there, as before;
+     since): joined as of the answer's time;
+   - `no_prediction`: names none: joined as of label time minus the model's horizon.
    - `unknown_prediction`: names a prediction id the log does not hold for this model
-     and entity: joined as of label time minus the model's horizon;
-   - `no_prediction`: names none: joined as of label time minus the horizon.
+     and entity: dropped, never silently joined at label time: the answer it judges
+     is unknown, so what serve saw is unknown. The caller logs them (`unknown`).
 6. Window: given `since`, an outcome whose named answer came before `since` is
    dropped (`before_window`); signal-joined rows are cut on their as-of time by the
    caller once joined.
+7. Cold start: a signal-joined outcome whose entity had no vector in any of the
+   model's views at its query time is dropped (serve answered it with the fallback)
+   and counted by the caller (`cold_start`, from `core.dataset.training_rows`).
 """
 
 from __future__ import annotations
@@ -45,7 +49,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from services.retrain.core.dataset import ENTITY, ID_DTYPE, LABEL, OUTCOME_ID, TS, JoinSpec
+from services.retrain.core.dataset import (
+    CATEGORY_DTYPE,
+    ENTITY,
+    ID_DTYPE,
+    LABEL,
+    OUTCOME_ID,
+    TS,
+    JoinSpec,
+    as_categories,
+)
 
 EVENT_ID = "event_id"
 PREDICTION_ID = "prediction_id"
@@ -67,7 +80,7 @@ _SEQ = "_seq"
 
 @dataclass(frozen=True)
 class ServedCounts:
-    """What happened to the outcomes given (module docstring, rules 1-6)."""
+    """What happened to the outcomes given (module docstring, rules 1-7)."""
 
     outcomes: int = 0  # distinct outcomes (by event id) of the model
     duplicates: int = 0
@@ -78,6 +91,7 @@ class ServedCounts:
     unknown_prediction: int = 0
     no_prediction: int = 0
     before_window: int = 0
+    cold_start: int = 0  # filled by the signal join (rule 7)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -85,7 +99,7 @@ class ServedCounts:
     @property
     def to_signal_join(self) -> int:
         """Outcomes the point-in-time join over signals has to answer."""
-        return self.anchored + self.unknown_prediction + self.no_prediction
+        return self.anchored + self.no_prediction
 
 
 @dataclass(frozen=True)
@@ -96,12 +110,15 @@ class ServedJoin:
         rows: training rows from logged inputs (`spec.columns`, ordered by ts, outcome id).
         pending: outcomes for the signal join (`OUTCOME_COLUMNS`), after rules 1-3.
         anchors: the logged answers `pending` outcomes name (`ANCHOR_COLUMNS`).
+        unknown: outcomes dropped for naming an answer the log does not hold
+            (`OUTCOME_COLUMNS`, rule 5), for the caller to log.
         counts: what happened to the outcomes.
     """
 
     rows: pd.DataFrame
     pending: pd.DataFrame
     anchors: pd.DataFrame
+    unknown: pd.DataFrame
     counts: ServedCounts
 
 
@@ -161,7 +178,8 @@ def logged_inputs(predictions: pd.DataFrame, spec: JoinSpec) -> pd.DataFrame:
 
     Returns:
         `ANCHOR_COLUMNS`, `usable` (a non-fallback answer whose log names every model
-        input) and `spec.feature_columns` (float64, NaN where serve had no value).
+        input) and `spec.feature_columns` (float64, NaN where serve had no value;
+        categorical columns as str, None where serve had no value).
     """
     refs = list(spec.model.features)
     texts = predictions[FEATURES_JSON].to_numpy(dtype=object)  # iterating Arrow strings is slow
@@ -169,8 +187,13 @@ def logged_inputs(predictions: pd.DataFrame, spec: JoinSpec) -> pd.DataFrame:
     needed = set(refs)
     complete = np.fromiter((needed <= d.keys() for d in decoded), dtype=bool, count=len(decoded))
     values = pd.DataFrame.from_records(decoded, columns=refs)
-    values = values.apply(pd.to_numeric, errors="coerce").astype("float64")
     values.columns = spec.feature_columns
+    categorical = spec.categorical_columns
+    numeric = [c for c in spec.feature_columns if c not in categorical]
+    if numeric:
+        values[numeric] = values[numeric].apply(pd.to_numeric, errors="coerce").astype("float64")
+    for c in categorical:
+        values[c] = as_categories(values[c])
     out = pd.DataFrame(
         {
             EVENT_ID: predictions[EVENT_ID].astype(str).to_numpy(),
@@ -201,7 +224,8 @@ def served_rows(
 
     Returns:
         The rows, the outcomes left for the signal join with the answers anchoring
-        them, and the counts (module docstring).
+        them, the outcomes dropped as `unknown_prediction`, and the counts (module
+        docstring).
     """
     clean, counts = clean_outcomes(outcomes, binary=spec.model.is_binary)
     named = clean[clean[PREDICTION_ID] != ""]
@@ -229,11 +253,17 @@ def served_rows(
     usable = found & (joined["usable"].to_numpy(dtype=object) == True)  # noqa: E712 (NaN: not found)
     served = usable & in_window
     anchored = found & ~usable & in_window
-    pending = ~found | anchored
+    unknown = has_id & ~found
+    pending = ~has_id | anchored
 
     rows = pd.DataFrame(
         {
-            **{c: joined.loc[served, c].to_numpy(dtype="float64") for c in spec.feature_columns},
+            **{
+                c: joined.loc[served, c].to_numpy(
+                    dtype=CATEGORY_DTYPE if c in spec.categories else "float64"
+                )
+                for c in spec.feature_columns
+            },
             LABEL: joined.loc[served, LABEL].to_numpy(dtype="float64"),
             TS: joined.loc[served, f"{TS}_p"].to_numpy(dtype="float64"),
             ENTITY: joined.loc[served, ENTITY].to_numpy(dtype=object),
@@ -253,11 +283,12 @@ def served_rows(
         rows=rows,
         pending=clean[pending].reset_index(drop=True),
         anchors=anchors.reset_index(drop=True),
+        unknown=clean[unknown].reset_index(drop=True),
         counts=ServedCounts(
             **counts,
             served=int(served.sum()),
             anchored=int(anchored.sum()),
-            unknown_prediction=int((has_id & ~found).sum()),
+            unknown_prediction=int(unknown.sum()),
             no_prediction=int((~has_id).sum()),
             before_window=int((found & ~in_window).sum()),
         ),

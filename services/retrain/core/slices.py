@@ -1,8 +1,9 @@
 """Segments of a holdout for the promotion slice audit: quantile bins of a feature.
 
 A model that is better on average can still be worse for one segment (one range of
-a feature, or the rows where it is missing). Slices are cut once from the holdout,
-so the champion and the candidate are judged on exactly the same rows.
+a feature, one category of a categorical feature, or the rows where it is missing).
+Slices are cut once from the holdout, so the champion and the candidate are judged
+on exactly the same rows.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ class Slice:
 
     Attributes:
         feature: the 'view.feature' reference the slice is cut from.
-        label: the bin, e.g. "[0.2, 0.5)", "< 0.2", ">= 0.9" or "missing".
+        label: the bin, e.g. "[0.2, 0.5)", "< 0.2", ">= 0.9", "= ok" (a category)
+            or "missing".
         mask: which holdout rows belong to it.
     """
 
@@ -65,16 +67,22 @@ def cut_slices(columns: Mapping[str, np.ndarray], bins: int = 4) -> list[Slice]:
 
     Edges are quantiles of the column itself (the holdout), deduplicated, so a
     feature with few distinct values gets fewer, never empty-by-construction, bins.
+    A categorical column (str values) gets one slice per category instead.
 
     Args:
-        columns: 'view.feature' -> the holdout's values of it (NaN = missing).
+        columns: 'view.feature' -> the holdout's values of it (NaN or None = missing).
         bins: quantile bins per column.
 
     Returns:
-        The non-empty slices, column by column, bins in increasing order, then missing.
+        The non-empty slices, column by column, bins (or categories) in increasing
+        order, then missing.
     """
     out: list[Slice] = []
     for feature, values in columns.items():
+        raw = np.asarray(values)
+        if raw.dtype == object and any(isinstance(v, str) for v in raw):
+            out += _category_slices(feature, raw)
+            continue
         x = np.asarray(values, dtype=np.float64)
         missing = np.isnan(x)
         present = x[~missing]
@@ -88,6 +96,14 @@ def cut_slices(columns: Mapping[str, np.ndarray], bins: int = 4) -> list[Slice]:
                     out.append(Slice(feature, label, mask))
         if missing.any():
             out.append(Slice(feature, MISSING, missing))
+    return out
+
+
+def _category_slices(feature: str, values: np.ndarray) -> list[Slice]:
+    is_str = np.fromiter((isinstance(v, str) for v in values), dtype=bool, count=len(values))
+    out = [Slice(feature, f"= {c}", values == c) for c in sorted(set(values[is_str]))]
+    if not is_str.all():
+        out.append(Slice(feature, MISSING, ~is_str))
     return out
 
 

@@ -26,6 +26,10 @@ class ModelSource(Protocol):
         """The booster of one registered version (sha256-checked by the real registry)."""
         ...
 
+    def read_file(self, model: str, version: str, name: str) -> str | None:
+        """A text file stored with a version (e.g. its category encoding), None if absent."""
+        ...
+
 
 class PredictionSink(Protocol):
     """The prediction log. `emit` never blocks and never raises: the request goes on."""

@@ -15,16 +15,23 @@ from services.serve.adapters.base import OnModelChanged
 
 @dataclass
 class MemoryModelSource:
-    """Registered boosters by (name, version) and aliases by (name, alias)."""
+    """Registered boosters and their files by (name, version), aliases by (name, alias)."""
 
     boosters: dict[tuple[str, str], lgb.Booster] = field(default_factory=dict)
     aliases: dict[tuple[str, str], str] = field(default_factory=dict)
     loads: Counter[tuple[str, str]] = field(default_factory=Counter)
+    files: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
     def register(
-        self, name: str, version: str, booster: lgb.Booster, alias: str | None = "champion"
+        self,
+        name: str,
+        version: str,
+        booster: lgb.Booster,
+        alias: str | None = "champion",
+        files: dict[str, str] | None = None,
     ) -> None:
         self.boosters[(name, version)] = booster
+        self.files[(name, version)] = dict(files or {})
         if alias:
             self.aliases[(name, alias)] = version
 
@@ -34,6 +41,9 @@ class MemoryModelSource:
     def load_booster(self, name: str, version: str) -> lgb.Booster:
         self.loads[(name, version)] += 1
         return self.boosters[(name, version)]
+
+    def read_file(self, model: str, version: str, name: str) -> str | None:
+        return self.files.get((model, version), {}).get(name)
 
 
 @dataclass

@@ -2,6 +2,13 @@
 
 Pure: values in, values out. Fetching features, loading models and publishing the
 prediction log happen in the adapters; this module decides what the answer says.
+
+Categorical inputs (`last` of a str field) stay str in a `FeatureRow` and in the
+prediction log; the `Predictor` encodes them through its version's `CategoryEncoding`
+(stored with the version as categories.json). A category unseen at training (or one
+the encoding does not hold) is encoded as NaN: the model still answers, treating it
+as missing, and the answer is not degraded for it. The encoding of a version never
+changes; a retrain learns new categories.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import lightgbm as lgb
 import numpy as np
 
 from libs.common.definitions import ModelDefinition
-from libs.common.features import model_columns, to_row
+from libs.common.features import CategoryEncoding, FeatureValue, input_values, model_columns
 from libs.common.schemas import ModelRef, PredictionMade, Variant
 from services.serve.errors import InvalidFeatures, ModelMismatch
 from services.serve.schemas import PredictionAnswer
@@ -30,19 +37,45 @@ FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
 BIAS = "bias"  # key of the expected value in contributions; no 'view.feature' can clash
 
 
-class Predictor:
-    """A LightGBM booster with its input columns; rows are in `columns` order."""
+Rows = Sequence[Sequence[float | str]] | np.ndarray
+"""Model input rows in `columns` order: numbers, and str for categorical inputs (a numeric
+ndarray is taken as already encoded)."""
 
-    def __init__(self, booster: lgb.Booster, columns: Sequence[str]) -> None:
+
+class Predictor:
+    """A LightGBM booster with its input columns and category encoding; rows are in
+    `columns` order, categories as str."""
+
+    def __init__(
+        self,
+        booster: lgb.Booster,
+        columns: Sequence[str],
+        encoding: CategoryEncoding | None = None,
+    ) -> None:
         self._booster = booster
         self.columns = list(columns)
+        self.encoding = encoding or CategoryEncoding()
 
     @classmethod
-    def from_booster(cls, booster: lgb.Booster, columns: Sequence[str] | None = None) -> Predictor:
+    def from_booster(
+        cls,
+        booster: lgb.Booster,
+        columns: Sequence[str] | None = None,
+        encoding: CategoryEncoding | None = None,
+        *,
+        categorical: Sequence[str] | None = None,
+    ) -> Predictor:
         """Wrap `booster`; with `columns`, check that it was trained on exactly those.
 
+        Args:
+            booster: the version's booster.
+            columns: the definitions' input columns, if they are to be checked.
+            encoding: the version's category encoding (None: no categorical inputs).
+            categorical: the definitions' categorical columns, if they are to be checked.
+
         Raises:
-            ModelMismatch: the booster's feature names differ from `columns`.
+            ModelMismatch: the booster's feature names differ from `columns`, or the
+                encoding's categorical columns from `categorical`.
         """
         names = list(booster.feature_name())
         if columns is not None and names != list(columns):
@@ -50,28 +83,35 @@ class Predictor:
                 f"booster inputs {names} differ from the definitions' {list(columns)}; "
                 "retrain the model with the current definitions file"
             )
-        return cls(booster, names)
+        encoding = encoding or CategoryEncoding()
+        if categorical is not None and set(encoding.columns) != set(categorical):
+            raise ModelMismatch(
+                f"the version encodes categories of {encoding.columns}, the definitions "
+                f"make {list(categorical)} categorical; retrain the model with the current "
+                "definitions file"
+            )
+        return cls(booster, names, encoding)
 
     @classmethod
     def for_model(cls, booster: lgb.Booster, model: ModelDefinition) -> Predictor:
         return cls.from_booster(booster, model_columns(model))
 
-    def _matrix(self, rows: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
-        x = np.asarray(rows, dtype=np.float64)
+    def _matrix(self, rows: Rows) -> np.ndarray:
+        x = self.encoding.encode_rows(rows, self.columns)
         if x.ndim != 2 or x.shape[1] != len(self.columns):
             raise ValueError(f"rows must have shape (n, {len(self.columns)}), got {x.shape}")
         return x
 
-    def predict(self, rows: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    def predict(self, rows: Rows) -> np.ndarray:
         """Scores (probabilities for a binary objective); NaN means missing to LightGBM."""
         # One thread: single rows and small batches are faster without OpenMP fan-out.
         return np.asarray(self._booster.predict(self._matrix(rows), num_threads=1))
 
-    def raw_scores(self, rows: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    def raw_scores(self, rows: Rows) -> np.ndarray:
         return np.asarray(self._booster.predict(self._matrix(rows), raw_score=True, num_threads=1))
 
     def contributions(
-        self, rows: Sequence[Sequence[float]] | np.ndarray, names: Sequence[str] | None = None
+        self, rows: Rows, names: Sequence[str] | None = None
     ) -> list[dict[str, float]]:
         """Per-row SHAP contributions (LightGBM pred_contrib), keyed by `names` plus 'bias'.
 
@@ -118,7 +158,7 @@ class VectorLike(Protocol):
     """A stored feature vector as the online store returns it (StoredVector)."""
 
     @property
-    def values(self) -> Mapping[str, float | None]: ...
+    def values(self) -> Mapping[str, FeatureValue]: ...
 
     @property
     def updated_at(self) -> float: ...
@@ -126,10 +166,15 @@ class VectorLike(Protocol):
 
 @dataclass(frozen=True)
 class FeatureRow:
-    """A model input row and what the answer says about where it came from."""
+    """A model input row and what the answer says about where it came from.
 
-    row: list[float]
-    features: dict[str, float | None]
+    `row` is in model input order, missing as NaN, categories as str (the serving
+    version's Predictor encodes them); `features` is what the prediction log records:
+    'view.feature' -> value, None when missing.
+    """
+
+    row: list[float | str]
+    features: dict[str, float | str | None]
     freshness_s: float | None
     reasons: tuple[str, ...] = ()
 
@@ -154,7 +199,7 @@ def check_supplied(model: ModelDefinition, supplied: Mapping[str, object] | None
 def assemble_features(
     model: ModelDefinition,
     vectors: Mapping[str, VectorLike],
-    supplied: Mapping[str, float | None] | None,
+    supplied: Mapping[str, FeatureValue] | None,
     now: float,
 ) -> FeatureRow | None:
     """The input row of `model` from stored vectors, overlaid with supplied values.
@@ -170,16 +215,17 @@ def assemble_features(
         PARTIAL_FEATURES when some feature came from neither source.
     """
     supplied = supplied or {}
-    views: dict[str, dict[str, float | None]] = {v: dict(vec.values) for v, vec in vectors.items()}
+    views: dict[str, dict[str, FeatureValue]] = {v: dict(vec.values) for v, vec in vectors.items()}
     for ref, value in supplied.items():
         view, _, feat = ref.partition(".")
         views.setdefault(view, {})[feat] = value
     available = {ref for ref in model.features if ref.partition(".")[0] in vectors} | set(supplied)
     if not available:
         return None
-    row = to_row(model, views)
+    row = input_values(model, views)
     features = {
-        ref: (None if math.isnan(v) else v) for ref, v in zip(model.features, row, strict=True)
+        ref: (None if isinstance(v, float) and math.isnan(v) else v)
+        for ref, v in zip(model.features, row, strict=True)
     }
     freshness = max((now - vec.updated_at for vec in vectors.values()), default=None)
     reasons = (PARTIAL_FEATURES,) if len(available) < len(model.features) else ()
@@ -239,7 +285,7 @@ def scored_answer(
 
 
 def prediction_event(
-    answer: PredictionAnswer, features: Mapping[str, float | None], at: datetime
+    answer: PredictionAnswer, features: Mapping[str, float | str | None], at: datetime
 ) -> PredictionMade:
     """The prediction-log record of an answer; its event id is the prediction id."""
     return PredictionMade(

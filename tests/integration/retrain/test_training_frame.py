@@ -11,18 +11,20 @@ import pandas as pd
 import pytest
 
 from libs.common.definitions import Definitions, load_definitions
-from libs.common.features import EventHistory, compute_view
-from libs.common.offline import OUTCOMES, PREDICTIONS, SIGNALS, OfflineStore
+from libs.common.features.engine import vectors
+from libs.common.features.plan import ViewPlan
+from libs.common.features.replay import final_states
+from libs.common.offline import OUTCOMES, PREDICTIONS, SIGNALS, OfflineStore, signal_row
 from libs.common.schemas import ModelRef, Outcome, PredictionMade, Signal
 from libs.common.synthetic import SyntheticConfig, SyntheticSource
 from services.retrain.adapters import training_frame
-from services.retrain.adapters.ray_data import whole_store_frame
 from services.retrain.adapters.training_frame import build_training_frame
-from services.retrain.core.dataset import LABEL, OUTCOME_ID, TS, JoinSpec, online_state
-from services.retrain.core.offline_rows import outcome_row, prediction_row, signal_row
+from services.retrain.core.dataset import LABEL, OUTCOME_ID, TS, JoinSpec
+from services.retrain.core.offline_rows import outcome_row, prediction_row
 
 REPO = Path(__file__).resolve().parents[3]
 END = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+TOPIC = "signals.valid"
 
 
 class _Log:
@@ -32,29 +34,39 @@ class _Log:
         self.model = definitions.models[0]
         [self.view] = definitions.views_of_model(self.model)
         self.source = definitions.source(self.view.source)
-        self.retention = definitions.retention_of(self.source.name)
+        self.plan = ViewPlan.of(self.view, self.source)
         self.store = OfflineStore(root)
         self.rng = random.Random(seed)
-        self.signals: list[Signal] = []
+        signals: list[Signal] = []
         synthetic = SyntheticSource(self.source, SyntheticConfig(entities=5, seed=seed))
         for kind, payload in synthetic.history(
             end=END, steps=30, step_s=113.0, model=self.model.name
         ):
             if kind == "signal":
-                if len(self.signals) % 4 == 0 or payload["entity_id"].endswith("-0"):
+                if len(signals) % 4 == 0 or payload["entity_id"].endswith("-0"):
                     payload["fields"].pop("pressure", None)
-                self.signals.append(Signal.model_validate(payload))
+                # Ingest accepts each record 0.1-20 s after it happened (every tenth
+                # 10 min late): Kafka order is arrival order, not event time.
+                signal = Signal.model_validate(payload)
+                lag = 600.0 if len(signals) % 10 == 9 else self.rng.uniform(0.1, 20.0)
+                arrived = signal.event_time + timedelta(seconds=lag)
+                signals.append(signal.model_copy(update={"ingested_at": arrived}))
+        self.signals = sorted(signals, key=lambda s: s.ingested_at or s.event_time)
+        self.rows = pd.DataFrame(
+            [signal_row(s, topic=TOPIC, partition=0, offset=i) for i, s in enumerate(self.signals)]
+        )
         self.predictions: list[PredictionMade] = []
         self.outcomes: list[Outcome] = []
 
-    def served(self, entity: str, at: datetime) -> dict[str, float | None]:
-        """The inputs serve read from the online store at `at` (None: a cold start)."""
-        mine = [s for s in self.signals if s.entity_id == entity]
-        history = EventHistory.from_events(
-            [(s.event_id, s.event_time.timestamp(), s.fields) for s in mine]
-        )
-        state = online_state(history, at.timestamp(), self.retention)
-        vector = compute_view(self.view, *state) if state else {}
+    def served(self, entity: str, at: datetime) -> dict[str, float | str | None]:
+        """The inputs serve read from the online store at `at` (None: a cold start): the
+        engine's state after every event of the entity that had arrived by then."""
+        rows = self.rows
+        arrived = rows[(rows["entity_id"] == entity) & (rows["arrival_ts"] <= at.timestamp())]
+        vector = {}
+        if len(arrived):
+            [(_, states)] = list(final_states(self.plan, arrived))
+            vector = vectors(self.plan, states)[0] or {}
         return {ref: vector.get(ref.partition(".")[2]) for ref in self.model.features}
 
     def answer(self, entity: str, at: datetime, variant: str = "champion") -> PredictionMade:
@@ -76,16 +88,26 @@ class _Log:
         self.outcomes.append(o)
         return o
 
-    def write(self, batch: int = 7) -> None:
-        """One file per `batch` records, named in produced order; signals delivered twice."""
-        rows = [signal_row(s) for s in self.signals]
+    def write(
+        self, batch: int = 7, *, store: OfflineStore | None = None, log_inputs: bool = True
+    ) -> None:
+        """One file per `batch` records, named in produced order; signals delivered twice.
+
+        `log_inputs=False` writes every answer as a fallback (no inputs logged), so the
+        signal join answers all its labels.
+        """
+        store = store or self.store
+        rows = self.rows.to_dict("records")
+        answers = [prediction_row(p) for p in self.predictions]
+        if not log_inputs:
+            answers = [{**a, "variant": "fallback", "features_json": "{}"} for a in answers]
         for kind, items in (
             (SIGNALS, rows + rows[::3]),
-            (PREDICTIONS, [prediction_row(p) for p in self.predictions]),
+            (PREDICTIONS, answers),
             (OUTCOMES, [outcome_row(o) for o in self.outcomes]),
         ):
             for i in range(0, len(items), batch):
-                self.store.append(kind, items[i : i + batch], name=f"{kind}-0-{i:012d}")
+                store.append(kind, items[i : i + batch], name=f"{kind}-0-{i:012d}")
 
 
 def _mixed_log(root: Path) -> _Log:
@@ -112,18 +134,28 @@ def _mixed_log(root: Path) -> _Log:
     return log
 
 
-def test_new_path_equals_the_whole_store_signal_join(tmp_path: Path, ray_cluster: str) -> None:
-    """Logged inputs, fallbacks, unknown ids and unnamed labels: rows equal the old join's."""
-    log = _mixed_log(tmp_path)
+def test_logged_inputs_equal_the_signal_join_in_process_and_on_ray(
+    tmp_path: Path, ray_cluster: str
+) -> None:
+    """Served answers, fallbacks, unknown ids and unnamed labels: the rows from logged
+    inputs equal the engine replay's, and the Ray Data path equals the in-process one."""
+    log = _mixed_log(tmp_path / "logged")
     spec = JoinSpec.of(load_definitions(REPO / "signalops.yaml"), log.model.name)
+    # The same log with no inputs logged: every named answer is joined over signals.
+    replayed = OfflineStore(tmp_path / "replayed")
+    log.write(store=replayed, log_inputs=False)
 
-    old = whole_store_frame(log.store, spec)
     in_process = build_training_frame(log.store, spec)
-    on_ray = build_training_frame(log.store, spec, in_process_max_bytes=0)
+    on_ray = build_training_frame(log.store, spec, in_process_max_bytes=0, partitions=3)
+    from_signals = build_training_frame(replayed, spec)
+    from_signals_on_ray = build_training_frame(replayed, spec, in_process_max_bytes=0)
 
-    assert len(in_process) == len(log.outcomes) - 1  # all but the cold start
-    pd.testing.assert_frame_equal(in_process, old)
-    pd.testing.assert_frame_equal(on_ray, old)
+    unknown = sum(1 for o in log.outcomes if (o.prediction_id or "").startswith("not-logged"))
+    assert unknown > 0
+    assert len(in_process) == len(log.outcomes) - unknown - 1  # and the cold start
+    pd.testing.assert_frame_equal(on_ray, in_process)
+    pd.testing.assert_frame_equal(from_signals, in_process)
+    pd.testing.assert_frame_equal(from_signals_on_ray, in_process)
     assert list(in_process.columns) == spec.columns
     assert in_process[spec.feature_columns].isna().any().any()  # missing pressure: NaN
 

@@ -1,25 +1,24 @@
-"""The label join, pure: point in time, prediction anchors, horizon, dedup, retention."""
+"""The label join over signals, pure: query times, arrival visibility, dedup, cold starts."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from libs.common.definitions import parse_definitions
+from libs.common.features.engine import EventColumns, States, apply, field_columns, vectors
 from services.retrain.core.dataset import (
     LABEL,
     OUTCOME_ID,
+    SIGNAL_COLUMNS,
     TS,
     JoinSpec,
-    as_of_time,
-    combined_outcomes,
-    combined_predictions,
-    combined_signals,
-    entity_rows,
-    rows_for_entity,
+    query_times,
+    signal_rows,
 )
 
 DEFS = parse_definitions(
@@ -29,6 +28,7 @@ DEFS = parse_definitions(
                 "name": "meter",
                 "version": 2,
                 "entity": "house",
+                "allowed_lateness_s": 10_000,
                 "fields": {
                     "x": {"type": "float"},
                     "y": {"type": "float", "required": False},
@@ -47,6 +47,7 @@ DEFS = parse_definitions(
                     {"name": "n", "field": "x", "agg": "count"},
                     {"name": "b_share", "field": "mode", "agg": "fraction", "equals": "b"},
                     {"name": "y_last", "field": "y", "agg": "last"},
+                    {"name": "mode_last", "field": "mode", "agg": "last"},
                 ],
             }
         ],
@@ -59,6 +60,7 @@ DEFS = parse_definitions(
                     "usage.n",
                     "usage.b_share",
                     "usage.y_last",
+                    "usage.mode_last",
                 ],
                 "label_horizon_s": 30,
             }
@@ -67,103 +69,137 @@ DEFS = parse_definitions(
 )
 SPEC = JoinSpec.of(DEFS, "m")
 
+Event = tuple[str, float, float]  # (event id, event time, x)
+
 
 def _signals(
-    *events: tuple[str, float, float], source: str = "meter", version: int = 2, mode: str = "a"
+    *events: Event,
+    source: str = "meter",
+    version: int = 2,
+    mode: str = "a",
+    entity: str = "h1",
+    arrival_lag: float = 0.0,
+    offsets: list[int] | None = None,
 ) -> pd.DataFrame:
+    """Signal rows as the features service stores them, consumed at offsets 0, 1, ..."""
     return pd.DataFrame(
         {
             "event_id": [e[0] for e in events],
+            "entity_id": entity,
+            "ts": [e[1] for e in events],
+            "arrival_ts": [e[1] + arrival_lag for e in events],
+            "topic": "signals.valid",
+            "partition": 0,
+            "offset": offsets if offsets is not None else list(range(len(events))),
+            "fields_json": [json.dumps({"x": e[2], "mode": mode}) for e in events],
             "source": source,
             "schema_version": version,
-            "entity_id": "h1",
-            "ts": [e[1] for e in events],
-            "fields_json": [json.dumps({"x": e[2], "mode": mode}) for e in events],
-        }
+        },
+        columns=SIGNAL_COLUMNS,
     )
 
 
-def _outcomes(*rows: tuple[str, float, float, str | None]) -> pd.DataFrame:
+def _outcomes(*rows: tuple[str, float, float, str | None], entity: str = "h1") -> pd.DataFrame:
+    """(event id, ts, label, prediction id) rows, as served_rows leaves them."""
     return pd.DataFrame(
         {
             "event_id": [r[0] for r in rows],
-            "model": "m",
-            "entity_id": "h1",
+            "entity_id": entity,
             "ts": [r[1] for r in rows],
             "label": [r[2] for r in rows],
-            "prediction_id": [r[3] for r in rows],
+            "prediction_id": [r[3] or "" for r in rows],
         }
     )
 
 
-def _predictions(*rows: tuple[str, float]) -> pd.DataFrame:
+def _anchors(*rows: tuple[str, float]) -> pd.DataFrame:
     return pd.DataFrame(
-        {
-            "event_id": [r[0] for r in rows],
-            "model": "m",
-            "entity_id": "h1",
-            "ts": [r[1] for r in rows],
-        }
+        {"event_id": [r[0] for r in rows], "entity_id": "h1", "ts": [r[1] for r in rows]},
+        columns=["event_id", "entity_id", "ts"],
     )
 
 
-def _row(frame: pd.DataFrame, outcome_id: str) -> dict[str, float]:
+def _join(signals: pd.DataFrame, outcomes: pd.DataFrame, anchors: pd.DataFrame | None = None):  # type: ignore[no-untyped-def]
+    return signal_rows(SPEC, signals, outcomes, _anchors() if anchors is None else anchors)
+
+
+def _row(frame: pd.DataFrame, outcome_id: str) -> dict[str, object]:
     return frame.set_index(OUTCOME_ID).loc[outcome_id].to_dict()
 
 
 @pytest.mark.parametrize(
-    ("outcome_ts", "prediction_id", "horizon", "expected"),
+    ("prediction_id", "horizon", "expected"),
     [
-        (1000.0, None, 0.0, 1000.0),
-        (1000.0, None, 30.0, 970.0),
-        (1000.0, "p1", 30.0, 400.0),  # a logged prediction anchors the join, no horizon
-        (1000.0, "unknown", 30.0, 970.0),  # not logged: fall back to the horizon
+        (None, 0.0, 1000.0),
+        (None, 30.0, 970.0),
+        ("p1", 30.0, 400.0),  # a logged answer anchors the join, no horizon
+        ("unknown", 30.0, None),  # an answer the log lacks: not joined at label time
     ],
 )
-def test_as_of_time_table(
-    outcome_ts: float, prediction_id: str | None, horizon: float, expected: float
+def test_query_times_table(
+    prediction_id: str | None, horizon: float, expected: float | None
 ) -> None:
-    """As-of time is the named prediction's time when logged, else outcome time - horizon."""
-    assert as_of_time(outcome_ts, prediction_id, {"p1": 400.0}, horizon) == expected
-
-
-def test_signal_after_as_of_never_leaks() -> None:
-    """A signal later than the as-of time (outcome - horizon) is invisible to the row."""
-    signals = _signals(("s1", 100.0, 1.0), ("s2", 200.0, 5.0))
-    # o1 at 210 joins as of 180: only s1. o2 at 230 joins as of 200: s2 counts (inclusive).
-    frame = entity_rows(
-        SPEC, "h1", signals, _outcomes(("o1", 210.0, 1.0, None), ("o2", 230.0, 0.0, None))
+    """The query time is the named answer's time, else label time minus the horizon."""
+    queries = query_times(
+        _outcomes(("o1", 1000.0, 1.0, prediction_id)), _anchors(("p1", 400.0)), horizon
     )
+    assert list(queries["at"]) == ([] if expected is None else [expected])
+
+
+def test_signal_after_the_query_time_never_leaks() -> None:
+    """A signal later than the query time (label time - horizon) is invisible to the row."""
+    signals = _signals(("s1", 100.0, 1.0), ("s2", 200.0, 5.0))
+    # o1 at 210 queries at 180: only s1. o2 at 230 queries at 200: s2 counts (inclusive).
+    frame, cold = _join(signals, _outcomes(("o1", 210.0, 1.0, None), ("o2", 230.0, 0.0, None)))
     o1, o2 = _row(frame, "o1"), _row(frame, "o2")
     assert (o1["usage__x_last"], o1["usage__n"], o1[TS]) == (1.0, 1.0, 180.0)
     assert (o2["usage__x_last"], o2["usage__n"], o2[TS]) == (5.0, 2.0, 200.0)
     assert o2["usage__x_sum_60"] == 5.0  # s1 is outside the 60 s window as of 200
-    assert (o1[LABEL], o2[LABEL]) == (1.0, 0.0)
+    assert (o1[LABEL], o2[LABEL], cold) == (1.0, 0.0, 0)
+
+
+def test_an_event_counts_only_once_it_had_arrived() -> None:
+    """An event that happened before the query time but reached ingest after it is unseen."""
+    signals = pd.concat(
+        [
+            _signals(("s1", 100.0, 1.0)),
+            _signals(("late", 150.0, 7.0), arrival_lag=100.0, offsets=[1]),
+        ]
+    )
+    frame, _ = _join(signals, _outcomes(("o1", 230.0, 1.0, None), ("o2", 300.0, 1.0, None)))
+    assert _row(frame, "o1")["usage__x_last"] == 1.0  # at 200 `late` had not arrived (250)
+    assert _row(frame, "o2")["usage__x_last"] == 7.0  # at 270 it had
 
 
 def test_prediction_id_joins_at_the_prediction_time() -> None:
-    """An outcome naming a logged prediction gets the features as of that prediction."""
+    """An outcome naming a logged answer gets the features as of that answer."""
     signals = _signals(("s1", 100.0, 1.0), ("s2", 500.0, 9.0))
-    outcomes = _outcomes(("o1", 900.0, 1.0, "p1"), ("o2", 900.0, 1.0, "p-not-logged"))
-    frame = entity_rows(SPEC, "h1", signals, outcomes, _predictions(("p1", 150.0)))
-    assert _row(frame, "o1")["usage__x_last"] == 1.0
-    assert _row(frame, "o1")[TS] == 150.0
-    assert _row(frame, "o2")["usage__x_last"] == 9.0  # 900 - 30 s horizon, after s2
-    assert _row(frame, "o2")[TS] == 870.0
+    outcomes = _outcomes(("o1", 900.0, 1.0, "p1"), ("o2", 900.0, 1.0, None))
+    frame, _ = _join(signals, outcomes, _anchors(("p1", 150.0)))
+    assert (_row(frame, "o1")["usage__x_last"], _row(frame, "o1")[TS]) == (1.0, 150.0)
+    assert (_row(frame, "o2")["usage__x_last"], _row(frame, "o2")[TS]) == (9.0, 870.0)
 
 
 def test_duplicates_count_once() -> None:
-    """Replayed signals and outcomes (same event id) do not change the rows."""
+    """A Kafka position stored twice, or a non-Kafka event id twice, counts once."""
     signals = _signals(("s1", 100.0, 1.0), ("s2", 120.0, 2.0))
-    outcomes = _outcomes(("o1", 160.0, 1.0, None))  # as of 130: both in the 60 s window
-    clean = entity_rows(SPEC, "h1", signals, outcomes)
-    doubled = entity_rows(
-        SPEC, "h1", pd.concat([signals, signals, signals.iloc[:1]]), pd.concat([outcomes, outcomes])
-    )
+    outcomes = _outcomes(("o1", 160.0, 1.0, None))  # at 130: both in the 60 s window
+    clean, _ = _join(signals, outcomes)
+    doubled, _ = _join(pd.concat([signals, signals, signals.iloc[:1]]), outcomes)
+    unkafka = signals.assign(topic="", partition=-1, offset=-1)
+    no_offsets, _ = _join(pd.concat([unkafka, unkafka]), outcomes)
     pd.testing.assert_frame_equal(clean, doubled)
-    assert len(doubled) == 1
-    assert _row(doubled, "o1")["usage__n"] == 2.0
-    assert _row(doubled, "o1")["usage__x_sum_60"] == 3.0
+    pd.testing.assert_frame_equal(clean, no_offsets)
+    assert (_row(clean, "o1")["usage__n"], _row(clean, "o1")["usage__x_sum_60"]) == (2.0, 3.0)
+
+
+def test_rows_written_before_lineage_arrived_at_their_event_time() -> None:
+    """Null arrival time, topic, partition and offset: the event counts from its time."""
+    signals = _signals(("s1", 100.0, 1.0), ("s2", 120.0, 2.0)).assign(
+        arrival_ts=np.nan, topic=None, partition=np.nan, offset=np.nan
+    )
+    frame, _ = _join(signals, _outcomes(("o1", 140.0, 1.0, None), ("o2", 160.0, 1.0, None)))
+    assert (_row(frame, "o1")["usage__x_last"], _row(frame, "o2")["usage__x_last"]) == (1.0, 2.0)
 
 
 def test_other_sources_and_schema_versions_are_ignored() -> None:
@@ -171,72 +207,81 @@ def test_other_sources_and_schema_versions_are_ignored() -> None:
     signals = pd.concat(
         [
             _signals(("s1", 100.0, 1.0)),
-            _signals(("old", 110.0, 50.0), version=1),
-            _signals(("other", 120.0, 70.0), source="elsewhere", version=2),
+            _signals(("old", 110.0, 50.0), version=1, offsets=[1]),
+            _signals(("other", 120.0, 70.0), source="elsewhere", offsets=[2]),
         ]
     )
-    frame = entity_rows(SPEC, "h1", signals, _outcomes(("o1", 200.0, 1.0, None)))
-    assert _row(frame, "o1")["usage__x_last"] == 1.0
-    assert _row(frame, "o1")["usage__n"] == 1.0
+    frame, _ = _join(signals, _outcomes(("o1", 200.0, 1.0, None)))
+    assert (_row(frame, "o1")["usage__x_last"], _row(frame, "o1")["usage__n"]) == (1.0, 1.0)
 
 
-def test_cold_start_outcome_is_dropped() -> None:
-    """An outcome whose entity had no signal yet at its as-of time yields no row."""
-    frame = entity_rows(
-        SPEC,
-        "h1",
-        _signals(("s1", 500.0, 1.0)),
-        _outcomes(("early", 100.0, 1.0, None), ("late", 600.0, 0.0, None)),
+def test_cold_start_outcome_is_dropped_and_counted() -> None:
+    """An outcome whose entity had no vector yet at its query time yields no row."""
+    signals = _signals(("s1", 500.0, 1.0))
+    outcomes = pd.concat(
+        [
+            _outcomes(("early", 100.0, 1.0, None), ("late", 600.0, 0.0, None)),
+            _outcomes(("stranger", 600.0, 1.0, None), entity="h9"),
+        ]
     )
+    frame, cold = _join(signals, outcomes)
     assert list(frame[OUTCOME_ID]) == ["late"]
-
-
-def test_retention_hides_events_the_online_state_dropped() -> None:
-    """Events older than the source's retention (1000 s here) are invisible, as online."""
-    frame = entity_rows(
-        SPEC,
-        "h1",
-        _signals(("s1", 100.0, 1.0), ("s2", 1500.0, 2.0)),
-        _outcomes(("o1", 2400.0, 1.0, None)),
-    )  # as of 2370: s1 expired
-    row = _row(frame, "o1")
-    assert (row["usage__x_last"], row["usage__n"]) == (2.0, 1.0)
+    assert cold == 2
 
 
 def test_features_are_the_vector_serve_held_not_a_recomputation() -> None:
     """Between events the row keeps the vector of the last event, as the online store does."""
-    frame = entity_rows(
-        SPEC, "h1", _signals(("s1", 100.0, 1.0)), _outcomes(("o1", 400.0, 1.0, None))
-    )
-    row = _row(frame, "o1")  # joins as of 370; the online vector was computed at 100
+    frame, _ = _join(_signals(("s1", 100.0, 1.0)), _outcomes(("o1", 400.0, 1.0, None)))
+    row = _row(frame, "o1")  # queries at 370; the online vector was computed at 100
     assert row["usage__x_sum_60"] == 1.0  # not 0.0: the window is anchored at 100
     assert row[TS] == 370.0
 
 
-def test_missing_values_are_nan_and_strings_become_fractions() -> None:
-    """An absent optional field gives NaN; a str field enters only through `fraction`."""
-    frame = entity_rows(
-        SPEC, "h1", _signals(("s1", 100.0, 1.0), mode="b"), _outcomes(("o1", 130.0, 1.0, None))
-    )
+def test_missing_values_are_nan_and_categories_stay_strings() -> None:
+    """An absent optional field gives NaN; a str field is a fraction or a str category."""
+    frame, _ = _join(_signals(("s1", 100.0, 1.0), mode="b"), _outcomes(("o1", 130.0, 1.0, None)))
     row = _row(frame, "o1")
-    assert math.isnan(row["usage__y_last"])
-    assert row["usage__b_share"] == 1.0
-    assert row["usage__x_last"] == 1.0
+    assert math.isnan(row["usage__y_last"])  # type: ignore[arg-type]
+    assert (row["usage__b_share"], row["usage__mode_last"]) == (1.0, "b")
+    assert list(frame.columns) == SPEC.columns
+    assert frame["usage__mode_last"].dtype == object
 
 
-def test_combined_group_gives_the_same_rows_as_the_direct_join() -> None:
-    """The Ray Data path (combined schema, grouped by entity) equals the direct join."""
-    signals = _signals(("s1", 100.0, 1.0), ("s2", 160.0, 3.0))
-    outcomes = _outcomes(("o1", 200.0, 1.0, "p1"), ("o2", 400.0, 0.0, None))
-    predictions = _predictions(("p1", 120.0))
-    group = pd.concat(
-        [
-            combined_signals(signals, SPEC),
-            combined_outcomes(outcomes, SPEC),
-            combined_predictions(predictions, SPEC),
-        ],
-        ignore_index=True,
+def test_rows_equal_the_engine_fed_event_by_event() -> None:
+    """Each row is the vector the engine held after applying the events one at a time."""
+    rng = np.random.default_rng(3)
+    ts = np.sort(rng.uniform(0.0, 2000.0, 40))
+    events = _signals(*((f"s{i}", float(t), float(rng.normal())) for i, t in enumerate(ts)))
+    events["arrival_ts"] = ts + rng.uniform(0.0, 30.0, len(ts))
+    events["arrival_ts"] = events["arrival_ts"].cummax()  # arrivals in Kafka order
+    labels = np.sort(rng.uniform(50.0, 2100.0, 15))
+    outcomes = _outcomes(*((f"o{i}", float(t), float(i % 2), None) for i, t in enumerate(labels)))
+    frame, _ = _join(events, outcomes)
+
+    plan = SPEC.plans["usage"]
+    numeric, text, _ = field_columns(
+        plan.field_types, [json.loads(f) for f in events["fields_json"]]
     )
-    direct = entity_rows(SPEC, "h1", signals, outcomes, predictions)
-    pd.testing.assert_frame_equal(rows_for_entity(group, SPEC), direct)
-    assert list(direct.columns) == SPEC.columns
+    for row in frame.to_dict("records"):
+        states = States.empty(plan, 1)
+        arrived = np.flatnonzero(events["arrival_ts"].to_numpy() <= row[TS])
+        for i in arrived:  # one event per batch, in Kafka order
+            apply(
+                plan,
+                states,
+                EventColumns(
+                    entity=np.zeros(1, dtype=np.int64),
+                    ts=ts[[i]],
+                    seq=np.array([float(i)]),
+                    partition=np.zeros(1, dtype=np.int64),
+                    offset=np.array([i], dtype=np.int64),
+                    numeric={k: v[[i]] for k, v in numeric.items()},
+                    text={k: v[[i]] for k, v in text.items()},
+                ),
+            )
+        [online] = vectors(plan, states)
+        assert online is not None
+        for column in SPEC.feature_columns:
+            served = online[column.split("__")[1]]
+            expected = math.nan if served is None and column != "usage__mode_last" else served
+            assert row[column] == pytest.approx(expected, nan_ok=True), column

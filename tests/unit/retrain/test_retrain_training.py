@@ -8,17 +8,10 @@ import pandas as pd
 import pytest
 
 from libs.common.definitions import load_definitions
-from libs.common.offline import OUTCOMES, SIGNALS, OfflineStore
+from libs.common.offline import OfflineStore
+from services.retrain.adapters.training_frame import build_training_frame
 from services.retrain.bootstrap import write_synthetic_history
-from services.retrain.core.dataset import (
-    ENTITY,
-    LABEL,
-    TS,
-    JoinSpec,
-    combined_outcomes,
-    combined_signals,
-    rows_for_entity,
-)
+from services.retrain.core.dataset import LABEL, TS, JoinSpec
 from services.retrain.core.training import time_split, train_booster
 from services.retrain.errors import NoTrainingData
 
@@ -26,21 +19,11 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def _synthetic_frame(tmp_path: Path, definitions_file: str, model: str) -> pd.DataFrame:
-    """A training frame from SyntheticSource history, joined per entity without Ray."""
+    """A training frame from SyntheticSource history, joined in process (no Ray)."""
     definitions = load_definitions(REPO / definitions_file)
     store = OfflineStore(tmp_path)
     write_synthetic_history(store, definitions, model, entities=30, steps=80, step_s=30.0, seed=3)
-    spec = JoinSpec.of(definitions, model)
-    combined = pd.concat(
-        [
-            combined_signals(store.read(SIGNALS).to_pandas(), spec),
-            combined_outcomes(store.read(OUTCOMES).to_pandas(), spec),
-        ],
-        ignore_index=True,
-    )
-    return pd.concat(
-        [rows_for_entity(g, spec) for _, g in combined.groupby(ENTITY)], ignore_index=True
-    )
+    return build_training_frame(store, JoinSpec.of(definitions, model))
 
 
 @pytest.mark.parametrize(

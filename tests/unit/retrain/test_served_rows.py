@@ -139,8 +139,9 @@ def test_duplicates_count_once() -> None:
     assert (b.counts.outcomes, b.counts.served, b.counts.no_prediction) == (2, 1, 1)
 
 
-def test_unknown_and_missing_prediction_ids_fall_through_to_the_signal_join() -> None:
-    """Outcomes naming no logged answer of that entity go to the signal join, counted."""
+def test_unknown_prediction_ids_are_dropped_and_unnamed_labels_go_to_the_signal_join() -> None:
+    """An id the log lacks (for that entity) is dropped and counted, never joined at
+    label time; an outcome naming no answer goes to the signal join."""
     predictions = _predictions(("p1", "h1", 100.0, "champion", _served(1.0, None)))
     outcomes = _outcomes(
         ("named", "h1", 200.0, 1.0, "p1"),
@@ -152,12 +153,14 @@ def test_unknown_and_missing_prediction_ids_fall_through_to_the_signal_join() ->
     join = served_rows(SPEC, outcomes, predictions)
 
     assert list(join.rows[OUTCOME_ID]) == ["named"]
-    assert list(join.pending["event_id"]) == ["unknown", "none", "other-entity"]
+    assert list(join.pending["event_id"]) == ["none"]
     assert list(join.pending.columns) == OUTCOME_COLUMNS
-    assert list(join.pending["prediction_id"]) == ["p-not-logged", "", "p1"]
+    assert list(join.pending["prediction_id"]) == [""]
+    assert list(join.unknown["event_id"]) == ["unknown", "other-entity"]
+    assert list(join.unknown.columns) == OUTCOME_COLUMNS
     assert join.anchors.empty
     assert (join.counts.unknown_prediction, join.counts.no_prediction) == (2, 1)
-    assert join.counts.to_signal_join == 3
+    assert join.counts.to_signal_join == 1
 
 
 @pytest.mark.parametrize(

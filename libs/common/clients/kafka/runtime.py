@@ -48,6 +48,7 @@ from libs.common.observability.metrics import (
     HANDLER_RETRIES,
     LOOP_RESTARTS,
     MESSAGES,
+    PARTITION_LAG,
 )
 from libs.common.resilience import is_transient
 from libs.common.schemas import Message
@@ -333,9 +334,9 @@ class KafkaRuntime:
                 continue  # revoked meanwhile: highwater() asserts ownership
             high = consumer.highwater(tp)
             if high is not None:
-                CONSUMER_LAG.labels(self.client_id, tp.topic).set(
-                    max(0, high - records[-1].offset - 1)
-                )
+                lag = max(0, high - records[-1].offset - 1)
+                CONSUMER_LAG.labels(self.client_id, tp.topic).set(lag)
+                PARTITION_LAG.labels(self.client_id, tp.topic, str(tp.partition)).set(lag)
 
     async def _commit(
         self,

@@ -1,16 +1,16 @@
-"""The online store: per-entity event history (streaming state) and feature vectors.
+"""The online store: per-entity streaming state and feature vectors, per view.
 
-Keys embed the source or view version, so a definition change never mixes old and
-new semantics (STYLE.md section 4).
+Keys embed the view version (and a state's layout fingerprint), so a definition
+change never mixes old and new semantics (STYLE.md section 4).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-from libs.common.features import FeatureVector
+from libs.common.features.engine import FeatureVector
 
 
 @dataclass(frozen=True)
@@ -22,15 +22,9 @@ class StoredVector:
     updated_at: float
 
 
-@dataclass(frozen=True)
-class StoredEvent:
-    event_id: str
-    ts: float
-    fields: Mapping[str, Any]
-
-
-def history_key(source: str, version: int, entity_id: str) -> str:
-    return f"ev:{source}:v{version}:{entity_id}"
+def state_key(view: str, version: int, fingerprint: str, entity_id: str) -> str:
+    """Where the streaming state of one entity for one view lives (features/codec.py)."""
+    return f"fs:{view}:v{version}:{fingerprint}:{entity_id}"
 
 
 def vector_key(view: str, version: int, entity_id: str) -> str:
@@ -38,20 +32,22 @@ def vector_key(view: str, version: int, entity_id: str) -> str:
 
 
 class FeatureStore(Protocol):
-    async def add_events(
+    async def load_states(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The state values at `keys` (None where absent), in one round trip."""
+        ...
+
+    async def save(
         self,
-        source: str,
-        version: int,
-        entity_id: str,
-        events: Sequence[StoredEvent],
-        *,
-        retention_s: float,
-    ) -> list[StoredEvent]:
-        """Add events (idempotent by event id), trim beyond retention, return the history."""
+        states: Sequence[tuple[str, bytes]],
+        vectors: Sequence[tuple[str, int, str, StoredVector]],
+    ) -> None:
+        """Write states (key, value) and vectors (view, version, entity_id, vector)
+        atomically, in one round trip: a reader never sees a vector without its state.
+        """
         ...
 
     async def write_vectors(self, items: Sequence[tuple[str, int, str, StoredVector]]) -> None:
-        """Write (view, version, entity_id, vector) items; a later as_of wins."""
+        """Write (view, version, entity_id, vector) items."""
         ...
 
     async def read_vectors(

@@ -10,36 +10,21 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from libs.common.clients.redis.base import (
-    StoredEvent,
-    StoredVector,
-    history_key,
-    vector_key,
-)
+from libs.common.clients.redis.base import StoredVector, vector_key
 from libs.common.errors import DependencyUnavailable
 from libs.common.observability.metrics import REDIS_OOM
-
-# Only a vector with a newer (or equal) as_of replaces the stored one, so a replayed
-# or reordered batch never moves features backwards. Atomic on the server.
-_WRITE_IF_NEWER = """
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local ok, doc = pcall(cjson.decode, cur)
-  if ok and doc['as_of'] and tonumber(doc['as_of']) > tonumber(ARGV[2]) then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-return 1
-"""
 
 
 async def _execute(pipe: aioredis.client.Pipeline) -> list[Any]:
     try:
         return list(await pipe.execute())
     except ResponseError as exc:
-        if "OOM command not allowed" in str(exc):
+        # redis-py 8 raises OutOfMemoryError (its text lost the "OOM" prefix); inside
+        # MULTI/EXEC the refusal can come back as EXECABORT naming it.
+        if isinstance(exc, OutOfMemoryError) or "maxmemory" in str(exc) or "OOM" in str(exc):
             # noeviction: Redis is full. Count it (alerted on) and fail the batch, which
             # the consume loop retries as an outage until memory is freed or added.
             REDIS_OOM.inc()
@@ -72,47 +57,43 @@ class RedisFeatureStore:
     def __init__(self, client: aioredis.Redis, *, vector_ttl_s: float = 7 * 86400) -> None:
         self._r = client
         self._vector_ttl_s = max(1, int(vector_ttl_s))
-        self._write = client.register_script(_WRITE_IF_NEWER)
 
-    async def add_events(
+    async def load_states(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        values = await self._r.mget(list(keys))
+        return [v.encode() if isinstance(v, str) else v for v in values]
+
+    async def save(
         self,
-        source: str,
-        version: int,
-        entity_id: str,
-        events: Sequence[StoredEvent],
-        *,
-        retention_s: float,
-    ) -> list[StoredEvent]:
-        key = history_key(source, version, entity_id)
-        mapping = {
-            json.dumps({"id": e.event_id, "f": dict(e.fields)}, sort_keys=True): e.ts
-            for e in events
-        }
-        newest = max(e.ts for e in events)
+        states: Sequence[tuple[str, bytes]],
+        vectors: Sequence[tuple[str, int, str, StoredVector]],
+    ) -> None:
+        if not states and not vectors:
+            return
+        # One MULTI/EXEC: a crash leaves either the whole batch's writes or none, and
+        # the states' Kafka positions then make the redelivered batch a no-op.
         async with self._r.pipeline(transaction=True) as pipe:
-            pipe.zadd(key, mapping)
-            pipe.zremrangebyscore(key, "-inf", f"({newest - retention_s}")
-            pipe.zrange(key, 0, -1, withscores=True)
-            pipe.expire(key, int(retention_s * 2) + 60)
-            _, _, rows, _ = await _execute(pipe)
-        out = []
-        for member, score in rows:
-            doc = json.loads(member)
-            out.append(StoredEvent(doc["id"], float(score), doc["f"]))
-        return out
+            for key, value in states:
+                pipe.set(key, value, ex=self._vector_ttl_s)
+            self._queue_vectors(pipe, vectors)
+            await _execute(pipe)
 
     async def write_vectors(self, items: Sequence[tuple[str, int, str, StoredVector]]) -> None:
+        if not items:
+            return
         async with self._r.pipeline(transaction=False) as pipe:
-            for view, version, entity_id, vec in items:
-                doc = json.dumps(
-                    {"values": vec.values, "as_of": vec.as_of, "updated_at": vec.updated_at}
-                )
-                await self._write(
-                    keys=[vector_key(view, version, entity_id)],
-                    args=[doc, vec.as_of, self._vector_ttl_s],
-                    client=pipe,
-                )
+            self._queue_vectors(pipe, items)
             await _execute(pipe)
+
+    def _queue_vectors(
+        self, pipe: aioredis.client.Pipeline, items: Sequence[tuple[str, int, str, StoredVector]]
+    ) -> None:
+        for view, version, entity_id, vec in items:
+            doc = json.dumps(
+                {"values": vec.values, "as_of": vec.as_of, "updated_at": vec.updated_at}
+            )
+            pipe.set(vector_key(view, version, entity_id), doc, ex=self._vector_ttl_s)
 
     async def read_vectors(
         self, views: Sequence[tuple[str, int]], entity_ids: Sequence[str]

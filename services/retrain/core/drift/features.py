@@ -59,10 +59,11 @@ class FeatureDriftMonitor:
         self._since_check = 0
         self.last: dict[str, ColumnCheck] = {}
 
-    def add(self, row: Mapping[str, float | None], at: float) -> list[FeatureAlarm]:
+    def add(self, row: Mapping[str, float | str | None], at: float) -> list[FeatureAlarm]:
         for column, window in self._windows.items():
             value = row.get(column)
-            if value is not None and value == value:
+            # Categories (str) have no numeric reference; a column with one is skipped.
+            if isinstance(value, int | float) and value == value:
                 window.append(float(value))
         self._since_check += 1
         if self._since_check < self.policy.check_every:

@@ -17,19 +17,40 @@ from libs.common.clients.redis.base import StoredVector, vector_key
 from libs.common.errors import DependencyUnavailable
 from libs.common.observability.metrics import REDIS_OOM
 
+# Every SET of a batch in one script: atomic like MULTI/EXEC, but one command and one
+# reply instead of one per key, which the client spent most of a batch's CPU packing
+# and parsing (docs/benchmarks.md, "Features service").
+_SET_ALL = """
+local ttl = ARGV[1]
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl)
+end
+return #KEYS
+"""
+
 
 async def _execute(pipe: aioredis.client.Pipeline) -> list[Any]:
     try:
         return list(await pipe.execute())
     except ResponseError as exc:
-        # redis-py 8 raises OutOfMemoryError (its text lost the "OOM" prefix); inside
-        # MULTI/EXEC the refusal can come back as EXECABORT naming it.
-        if isinstance(exc, OutOfMemoryError) or "maxmemory" in str(exc) or "OOM" in str(exc):
-            # noeviction: Redis is full. Count it (alerted on) and fail the batch, which
-            # the consume loop retries as an outage until memory is freed or added.
-            REDIS_OOM.inc()
-            raise DependencyUnavailable("redis", f"out of memory: {exc}") from exc
+        _raise_if_full(exc)
         raise
+
+
+def _raise_if_full(exc: ResponseError) -> None:
+    """noeviction: Redis is full. Count it (alerted on) and fail the batch, which the
+    consume loop retries as an outage until memory is freed or added.
+    """
+    # redis-py 8 raises OutOfMemoryError (its text lost the "OOM" prefix); inside a
+    # script or MULTI/EXEC the refusal comes back as an error naming it.
+    text = str(exc)
+    if isinstance(exc, OutOfMemoryError) or "maxmemory" in text or "OOM" in text:
+        REDIS_OOM.inc()
+        raise DependencyUnavailable("redis", f"out of memory: {exc}") from exc
+
+
+def _vector_doc(vec: StoredVector) -> str:
+    return json.dumps({"values": vec.values, "as_of": vec.as_of, "updated_at": vec.updated_at})
 
 
 def make_redis(url: str, timeout_s: float = 2.0) -> aioredis.Redis:
@@ -57,6 +78,7 @@ class RedisFeatureStore:
     def __init__(self, client: aioredis.Redis, *, vector_ttl_s: float = 7 * 86400) -> None:
         self._r = client
         self._vector_ttl_s = max(1, int(vector_ttl_s))
+        self._set_all = client.register_script(_SET_ALL)
 
     async def load_states(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
@@ -71,13 +93,18 @@ class RedisFeatureStore:
     ) -> None:
         if not states and not vectors:
             return
-        # One MULTI/EXEC: a crash leaves either the whole batch's writes or none, and
-        # the states' Kafka positions then make the redelivered batch a no-op.
-        async with self._r.pipeline(transaction=True) as pipe:
-            for key, value in states:
-                pipe.set(key, value, ex=self._vector_ttl_s)
-            self._queue_vectors(pipe, vectors)
-            await _execute(pipe)
+        # One script: a crash leaves either the whole batch's writes or none, and the
+        # states' Kafka positions then make the redelivered batch a no-op.
+        keys = [k for k, _ in states]
+        values: list[bytes | str] = [v for _, v in states]
+        for view, version, entity_id, vec in vectors:
+            keys.append(vector_key(view, version, entity_id))
+            values.append(_vector_doc(vec))
+        try:
+            await self._set_all(keys=keys, args=[self._vector_ttl_s, *values])
+        except ResponseError as exc:
+            _raise_if_full(exc)
+            raise
 
     async def write_vectors(self, items: Sequence[tuple[str, int, str, StoredVector]]) -> None:
         if not items:
@@ -90,10 +117,7 @@ class RedisFeatureStore:
         self, pipe: aioredis.client.Pipeline, items: Sequence[tuple[str, int, str, StoredVector]]
     ) -> None:
         for view, version, entity_id, vec in items:
-            doc = json.dumps(
-                {"values": vec.values, "as_of": vec.as_of, "updated_at": vec.updated_at}
-            )
-            pipe.set(vector_key(view, version, entity_id), doc, ex=self._vector_ttl_s)
+            pipe.set(vector_key(view, version, entity_id), _vector_doc(vec), ex=self._vector_ttl_s)
 
     async def read_vectors(
         self, views: Sequence[tuple[str, int]], entity_ids: Sequence[str]

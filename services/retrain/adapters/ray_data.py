@@ -26,6 +26,7 @@ from ray.data.expressions import Expr, col, lit
 from libs.common.offline import SCHEMAS, SIGNALS, OfflineStore
 from services.retrain.core.dataset import (
     AT,
+    BY_EVENT_TIME,
     ENTITY,
     SEEN,
     SIGNAL_COLUMNS,
@@ -190,7 +191,9 @@ def signal_join_on_ray(
     """
     if buckets is None:
         buckets = _blocks(store, signal_files)
-    asked = queries[[ENTITY, AT]].assign(**{QUERY: np.arange(len(queries))})
+    if BY_EVENT_TIME not in queries:
+        queries = queries.assign(**{BY_EVENT_TIME: False})
+    asked = queries[[ENTITY, AT, BY_EVENT_TIME]].assign(**{QUERY: np.arange(len(queries))})
     bucket_of = entity_bucket(asked[ENTITY], buckets)
     refs = [ray.put(asked[bucket_of == b].reset_index(drop=True)) for b in range(buckets)]
     schema = _features_schema(spec)

@@ -35,6 +35,7 @@ from services.retrain.adapters.ray_data import COMPARE, Predicate
 from services.retrain.core.dataset import (
     ARRIVAL,
     AT,
+    BY_EVENT_TIME,
     ENTITY,
     SIGNAL_COLUMNS,
     TS,
@@ -147,7 +148,8 @@ def _signal_join(
     """The point-in-time join over signals for `pending` only (`core.dataset`).
 
     Reads the signals of their entities and the model's sources with event and
-    arrival times up to the latest query time, from the date folders up to it.
+    arrival times up to the latest query time (any arrival when a label names no
+    prediction: those join by event time), from the date folders up to it.
 
     Returns:
         (training rows, cold starts dropped).
@@ -164,9 +166,10 @@ def _signal_join(
         (ENTITY, "in", sorted(set(entities))),
         ("source", "in", sorted(spec.source_versions)),
         (TS, "<=", latest),
-        # Rows written before lineage have no arrival time: they arrived at `ts`.
-        (ARRIVAL, "<=|null", latest),
     ]
+    if not queries[BY_EVENT_TIME].any():
+        # Rows written before lineage have no arrival time: they arrived at `ts`.
+        predicates.append((ARRIVAL, "<=|null", latest))
     if ray_data.stored_bytes(store, files) > max_bytes:
         features = ray_data.signal_join_on_ray(
             store,

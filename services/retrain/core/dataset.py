@@ -28,6 +28,7 @@ OUTCOME_ID = "outcome_id"
 EVENT_ID = "event_id"
 PREDICTION_ID = "prediction_id"
 SEEN = "seen"
+BY_EVENT_TIME = "by_event_time"  # a label naming no prediction joins by event time
 TOPIC = "topic"
 
 # Entity and outcome ids in training frames: pandas' string dtype, what Arrow's
@@ -159,7 +160,26 @@ def query_times(pending: pd.DataFrame, anchors: pd.DataFrame, horizon_s: float) 
     unnamed = named == ""
     at = np.where(unnamed, pending[TS].to_numpy(dtype="float64") - horizon_s, anchored_at)
     keep = unnamed | ~np.isnan(anchored_at)
-    return pending[keep].assign(**{AT: at[keep]}).reset_index(drop=True)
+    return (
+        pending[keep].assign(**{AT: at[keep], BY_EVENT_TIME: unnamed[keep]}).reset_index(drop=True)
+    )
+
+
+def as_if_arrived_in_event_time(events: pd.DataFrame) -> pd.DataFrame:
+    """`events` replayed as if each had arrived at its event time, in event-time order.
+
+    The rule for a label that names no prediction: there was no answer whose moment
+    to reproduce, so its features are the classic point-in-time ones, every event
+    stamped at or before its time (a backfilled history's labels join the backfilled
+    signals, which arrived later than their own times).
+    """
+    return events.assign(
+        **{
+            ARRIVAL: events[TS].to_numpy(dtype="float64"),
+            PARTITION: np.full(len(events), -1, dtype="int64"),
+            OFFSET: np.full(len(events), -1, dtype="int64"),
+        }
+    )
 
 
 def current_signals(spec: JoinSpec, signals: pd.DataFrame) -> pd.DataFrame:
@@ -201,7 +221,9 @@ def features_at(spec: JoinSpec, signals: pd.DataFrame, queries: pd.DataFrame) ->
         spec: the model's join spec.
         signals: offline-store signal rows (`SIGNAL_COLUMNS`) of at least the queries'
             entities; other sources, other schema versions and repeats are ignored.
-        queries: (entity_id, at) rows.
+        queries: (entity_id, at, optional by_event_time) rows; `by_event_time` rows (a
+            label naming no prediction) see every event stamped by `at`
+            (`as_if_arrived_in_event_time`), the others what had arrived by `at`.
 
     Returns:
         A frame aligned with `queries` (same index): `spec.feature_columns` in the
@@ -209,12 +231,23 @@ def features_at(spec: JoinSpec, signals: pd.DataFrame, queries: pd.DataFrame) ->
         where missing) and `seen`: some view of the model had a vector online.
     """
     events = current_signals(spec, signals)
+    by_event_time = (
+        queries[BY_EVENT_TIME].to_numpy(dtype=bool)
+        if BY_EVENT_TIME in queries
+        else np.zeros(len(queries), dtype=bool)
+    )
     asked = queries[[ENTITY, AT]]
     seen = np.zeros(len(queries), dtype=bool)
     by_view: dict[str, pd.DataFrame] = {}
     for view in spec.views:
         mine = events[events["source"].to_numpy(dtype=object) == view.source]
-        vectors = vectors_at(spec.plans[view.name], mine, asked)
+        plan = spec.plans[view.name]
+        parts = []
+        if (~by_event_time).any():
+            parts.append(vectors_at(plan, mine, asked[~by_event_time]))
+        if by_event_time.any():
+            parts.append(vectors_at(plan, as_if_arrived_in_event_time(mine), asked[by_event_time]))
+        vectors = pd.concat(parts).loc[queries.index]
         seen |= vectors[AS_OF].notna().to_numpy()
         by_view[view.name] = vectors
     columns: dict[str, np.ndarray] = {}

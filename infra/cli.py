@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -146,10 +146,10 @@ def retrain(
         bool, typer.Option("--schema", help="Print the request's JSON schema and exit.")
     ] = False,
 ) -> None:
-    """Publish a retrain request; the retrain service trains, registers and may promote."""
+    """Ask for a retrain (serve's admin API publishes the request); the retrain service
+    trains, registers and may promote."""
     import json
 
-    from infra.kafka_tools import publish_one
     from libs.common.schemas import RetrainModel
 
     if schema:
@@ -157,11 +157,22 @@ def retrain(
         return
     if model is None:
         raise typer.BadParameter("--model is required", param_hint="--model")
-    s = _settings()
     window = since.replace(tzinfo=UTC) if since is not None and since.tzinfo is None else since
-    msg = RetrainModel(model=model, reason=reason, requested_by="cli", since=window)
-    asyncio.run(publish_one(s.kafka_bootstrap, s.topics.retrain, msg, key=model))
-    console.print(f"retrain requested for {model!r} (request {msg.event_id}).")
+    body = {"model": model, "reason": reason, "since": window.isoformat() if window else None}
+    answer = _admin("serve", "POST", "/v1/admin/retrain", body)
+    console.print(f"retrain requested for {model!r} (request {answer['request_id']}).")
+
+
+def _admin(
+    service: Literal["serve", "ingest"], method: str, path: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One admin call with SIGNALOPS_API_KEY (or the admin token); exits 1 on failure."""
+    from infra.admin_client import AdminCallFailed, admin_call
+
+    try:
+        return admin_call(_settings(), service, method, path, body)
+    except AdminCallFailed as exc:
+        raise _fail(exc) from None
 
 
 @models_app.command("list")
@@ -188,15 +199,17 @@ def models_list() -> None:
 
 
 @models_app.command("promote")
-def models_promote(name: str, version: str) -> None:
-    """Make VERSION the champion of NAME; serve follows within seconds."""
-    from services.retrain.admin import promote_version
-
-    try:
-        move = asyncio.run(promote_version(_settings(), name, version))
-    except SignalopsError as exc:
-        raise _fail(exc) from None
-    console.print(f"{name} version {move.version} is champion (was {move.previous or 'none'}).")
+def models_promote(
+    name: str,
+    version: str,
+    reason: Annotated[str, typer.Option(help="Why; kept with the event.")] = "manual promotion",
+) -> None:
+    """Make VERSION the champion of NAME; every serve replica follows within seconds."""
+    body = {"version": version, "reason": reason}
+    move = _admin("serve", "POST", f"/v1/admin/models/{name}/promote", body)
+    console.print(
+        f"{name} version {move['version']} is champion (was {move['previous'] or 'none'})."
+    )
 
 
 @models_app.command("card")
@@ -302,15 +315,40 @@ def _print_card(card: ModelCard) -> None:
 
 
 @models_app.command("rollback")
-def models_rollback(name: str) -> None:
+def models_rollback(
+    name: str,
+    reason: Annotated[str, typer.Option(help="Why; kept with the event.")] = "manual rollback",
+) -> None:
     """Give the champion alias back to the previous champion."""
-    from services.retrain.admin import rollback_model
+    move = _admin("serve", "POST", f"/v1/admin/models/{name}/rollback", {"reason": reason})
+    console.print(f"{name} rolled back to version {move['version']} (was {move['previous']}).")
 
-    try:
-        move = asyncio.run(rollback_model(_settings(), name))
-    except SignalopsError as exc:
-        raise _fail(exc) from None
-    console.print(f"{name} rolled back to version {move.version} (was {move.previous}).")
+
+@models_app.command("traffic")
+def models_traffic(
+    name: str,
+    challenger_fraction: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Share of entities the challenger answers."),
+    ] = None,
+    shadow: Annotated[
+        bool | None,
+        typer.Option(
+            "--shadow/--no-shadow", help="Score the challenger on every request, never return it."
+        ),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why; kept with the event.")] = "manual traffic",
+) -> None:
+    """Set NAME's challenger fraction and shadow mode; every serve replica follows."""
+    if challenger_fraction is None and shadow is None:
+        raise typer.BadParameter("give --challenger-fraction, --shadow or --no-shadow")
+    body = {"challenger_fraction": challenger_fraction, "shadow": shadow, "reason": reason}
+    view = _admin("serve", "PUT", f"/v1/admin/models/{name}/traffic", body)
+    split = ", ".join(f"{k} {v:.0%}" for k, v in view["traffic"].get(name, {}).items())
+    console.print(
+        f"{name}: challenger fraction {view['challenger_fraction'].get(name, 0.0):g}, "
+        f"shadow {'on' if view['shadow'].get(name) else 'off'}; answers now: {split or '-'}."
+    )
 
 
 @drift_app.command("status")
@@ -404,49 +442,17 @@ def dlq_replay(
     reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
     to: Annotated[str | None, typer.Option(help="Target topic; default signals.raw.")] = None,
 ) -> None:
-    """Send dead letters' original bytes back through ingest (signals via the raw topic)."""
-    from infra.kafka_tools import read_values
-    from libs.common.clients.kafka import KafkaPublisher
-    from libs.common.schemas import DeadLetter
+    """Send dead letters' original bytes back through ingest (its admin API): signals
+    via the raw topic, outcomes through ingest's validation."""
+    from rich.markup import escape
 
-    s = _settings()
-    letters = [
-        DeadLetter.from_bytes(b) for b in asyncio.run(read_values(s.kafka_bootstrap, s.topics.dlq))
-    ]
-    chosen = [r for r in letters if reason is None or r.reason == reason]
-
-    async def _replay() -> tuple[int, list[str]]:
-        # Outcomes have no raw topic: they go back through ingest's HTTP endpoint, so
-        # every replayed record is validated again by the same code as the first time.
-        import httpx
-
-        sent, failed = 0, []
-        pub = KafkaPublisher(s.kafka_bootstrap, client_id="signalops-dlq-replay")
-        await pub.start()
-        try:
-            async with httpx.AsyncClient(timeout=10) as http:
-                for r in chosen:
-                    if r.source == "outcomes" and to is None:
-                        url = f"http://{s.ingest_host}:{s.ingest_port}/v1/outcomes"
-                        answer = await http.post(
-                            url, content=r.original, headers={"content-type": "application/json"}
-                        )
-                        if answer.status_code >= 300:
-                            failed.append(f"{r.event_id}: ingest answered {answer.status_code}")
-                            continue
-                    else:
-                        await pub.publish_raw(to or s.topics.raw, r.original, key=r.original_key)
-                    sent += 1
-        finally:
-            await pub.stop()
-        return sent, failed
-
-    sent, failed = asyncio.run(_replay())
+    report = _admin("ingest", "POST", "/v1/admin/dlq/replay", {"reason": reason, "to": to})
+    failed: list[str] = report["failed"]
     for line in failed:
-        console.print(f"[red]not replayed[/] {line}")
+        console.print(f"[red]not replayed[/] {escape(line)}")
     console.print(
-        f"replayed {sent} of {len(chosen)} chosen ({len(letters)} dead letters) "
-        f"to {to or s.topics.raw}; {len(failed)} failed."
+        f"replayed {report['replayed']} of {report['chosen']} chosen "
+        f"({report['dead_letters']} dead letters) to {report['target']}; {len(failed)} failed."
     )
     if failed:
         raise typer.Exit(1)

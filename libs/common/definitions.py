@@ -128,10 +128,47 @@ class FeatureView(_Strict):
         return max(windows, default=self.retention_s)
 
 
+class Companion(_Strict):
+    """The simpler model trained with every version, serve's first fallback.
+
+    A few small trees over the most robust few inputs: `features: auto` takes the
+    main model's top `max_features` by gain among the inputs missing in at most
+    `max_missing` of the training rows (services/retrain/core/companion.py); a list
+    names them ('view.feature', a subset of the model's features).
+    """
+
+    enabled: bool = True
+    features: Literal["auto"] | list[str] = "auto"
+    max_features: int = Field(4, ge=1, le=32)
+    max_missing: float = Field(
+        0.05, ge=0.0, le=1.0, description="Largest missing share of an `auto` input."
+    )
+    trees: int = Field(10, ge=1, le=50)
+    leaves: int = Field(7, ge=2, le=31)
+    learning_rate: float = Field(0.3, gt=0.0, le=1.0)
+
+    def check_features(self, model: str, features: list[str]) -> None:
+        """A listed companion input must be one of the model's own features.
+
+        Raises:
+            ValueError: naming the stray references and the model's features.
+        """
+        if self.features == "auto":
+            return
+        stray = [f for f in self.features if f not in features]
+        if stray or not self.features:
+            raise ValueError(
+                f"model {model!r}: fallback.companion.features {stray or '[]'} must be a "
+                f"non-empty subset of its features {features}, or 'auto'"
+            )
+
+
 class Fallback(_Strict):
-    """What serve answers when the model or the features cannot."""
+    """What serve answers when the model or the features cannot: the version's companion
+    model first, the constant `score` (the prior) when nothing else can."""
 
     score: float = Field(0.5, ge=0.0, le=1.0)
+    companion: Companion = Companion()
 
 
 class DriftThresholds(_Strict):
@@ -280,6 +317,12 @@ class ModelDefinition(_Strict):
                     f"model {self.name!r}: promotion slice {ref!r} is not one of its "
                     f"features; use one of {self.features}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _companion_inputs_are_features(self) -> ModelDefinition:
+        # Refused at start, not at the first retrain, where it would only be logged.
+        self.fallback.companion.check_features(self.name, self.features)
         return self
 
 

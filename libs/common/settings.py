@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_ADMIN_TOKEN = "dev-admin-token"  # accepted only when environment is development
@@ -29,6 +29,22 @@ class Topics(BaseModel):
 
     def all(self) -> list[str]:
         return list(self.model_dump().values())
+
+
+Scope = Literal["predict", "admin"]
+
+
+def _predict_only() -> list[Scope]:
+    return ["predict"]
+
+
+class ApiKeyConfig(BaseModel):
+    """One API key: its secret, what it may do, and its rate limit (none: unlimited)."""
+
+    key: SecretStr = Field(min_length=16, description="The secret; at least 16 characters.")
+    scopes: list[Scope] = Field(default_factory=_predict_only, min_length=1)
+    rate_per_s: PositiveFloat | None = Field(None, description="Sustained requests per second.")
+    burst: PositiveInt | None = Field(None, description="Requests allowed at once; default 1 s.")
 
 
 class Settings(BaseSettings):
@@ -79,6 +95,31 @@ class Settings(BaseSettings):
     retrain_metrics_port: int = 8102
 
     admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
+    # ---- edge security (libs/common/security.py, ratelimit.py, http.py) ----
+    # Secrets never travel in dumps (exclude=True): a Serve replica reads them from
+    # its node's environment, like the admin token.
+    api_keys: dict[str, ApiKeyConfig] = Field(
+        default_factory=dict,
+        exclude=True,
+        description='JSON {"name": {"key": "...", "scopes": ["predict"], "rate_per_s": 50}}.',
+    )
+    api_key: SecretStr | None = Field(
+        None, exclude=True, description="The key the CLI presents; default the admin token."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="YAML or JSON file of the same shape (a mounted Kubernetes Secret)."
+    )
+    require_predict_key: bool | None = Field(
+        None,
+        description="Predict and features endpoints need a key with the predict scope; "
+        "None: false in development, true otherwise.",
+    )
+    rate_limit_timeout_s: float = Field(
+        0.05, gt=0, description="Budget of one rate-limit check in Redis; past it, allowed."
+    )
+    serve_max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest request body serve reads (else 413)."
+    )
     otlp_endpoint: str | None = None
     log_level: str = "INFO"
 
@@ -95,6 +136,18 @@ class Settings(BaseSettings):
                 f"when SIGNALOPS_ENVIRONMENT={self.environment}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _predict_key_follows_the_environment(self) -> Self:
+        # Open in development (demo, benches, tests run keyless); closed elsewhere.
+        if self.require_predict_key is None:
+            self.require_predict_key = self.environment != "development"
+        return self
+
+    @property
+    def predict_key_required(self) -> bool:
+        """Whether predict and features calls need a key with the predict scope."""
+        return bool(self.require_predict_key)
 
     @property
     def replication_factor(self) -> int:

@@ -1,6 +1,7 @@
 """Ingest service: HTTP and signals.raw in; signals.valid, outcomes, signals.dlq out.
 
 POST /v1/signals, /v1/outcomes          -> IngestHandler.on_signals / on_outcomes
+POST /v1/admin/dlq/replay (admin key)   -> signals.dlq read, replayed to signals.raw
 signals.raw (raw bytes, group "ingest") -> IngestHandler.on_raw_records
     -> signals.valid, outcomes, signals.dlq
 """
@@ -18,8 +19,17 @@ from libs.common.clients.kafka import KafkaRuntime, Publisher, Subscription
 from libs.common.definitions import Definitions, load_definitions
 from libs.common.observability import configure_logging, configure_tracing
 from libs.common.observability.metrics import INFO
-from libs.common.schemas import utcnow
+from libs.common.schemas import DeadLetter, utcnow
+from libs.common.security import KeyRing
 from services.ingest.adapters.http import always_ready, create_app
+from services.ingest.admin import (
+    ReadLetters,
+    ReplayReport,
+    ReplayRequest,
+    admin_router,
+    dead_letter_reader,
+    replay_dead_letters,
+)
 from services.ingest.handlers import IngestHandler
 from services.ingest.settings import IngestSettings
 
@@ -30,9 +40,11 @@ def build_app(
     publisher: Publisher | None = None,
     definitions: Definitions | None = None,
     clock: Callable[[], datetime] = utcnow,
+    read_letters: ReadLetters | None = None,
 ) -> FastAPI:
     """The ingest app. Given a `publisher` (tests) it owns no Kafka connection; without
     one, its lifespan creates the topics, starts the producer and consumes signals.raw.
+    `read_letters` replaces reading signals.dlq from the broker (tests).
     """
     definitions = definitions or load_definitions(settings.definitions)
     kafka: KafkaRuntime | None = None
@@ -71,9 +83,24 @@ def build_app(
 
     ready = kafka.ready if kafka is not None else always_ready
     alive = kafka.liveness if kafka is not None else list
-    return create_app(
+    app = create_app(
         handler, settings, definitions, readiness=ready, liveness=alive, lifespan=lifespan
     )
+    # Admin (admin scope): reads signals.dlq, writes signals.raw and, via the handler,
+    # outcomes and signals.dlq.
+    sender = publisher  # a local the closure keeps narrowed (never None here)
+
+    async def replay(letters: list[DeadLetter], request: ReplayRequest) -> ReplayReport:
+        return await replay_dead_letters(
+            letters, request, handler=handler, publisher=sender, settings=settings
+        )
+
+    app.include_router(
+        admin_router(
+            KeyRing.from_settings(settings), read_letters or dead_letter_reader(settings), replay
+        )
+    )
+    return app
 
 
 def main() -> None:

@@ -1,16 +1,19 @@
 """Operator actions on the registry, for `signalops models list | promote | rollback`.
 
-Promote and rollback move the champion alias and announce it on the models topic,
-so serve follows a manual change exactly as it follows a training run.
+Promote and rollback are libs.common.registry.admin's (serve's admin endpoints run
+the same code); here they get a registry and a short-lived publisher from settings.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from libs.common.clients.kafka import KafkaPublisher, Publisher
 from libs.common.registry import AliasMove, MlflowRegistry, Registry, VersionInfo
+from libs.common.registry.admin import RegistryAdmin
 from libs.common.schemas import ModelChanged
 from libs.common.settings import Settings
-from services.retrain.core import events
 
 
 def list_models(
@@ -52,12 +55,8 @@ async def promote_version(
 
     The former champion becomes `previous_champion`, so `rollback_model` can undo it.
     """
-    registry = registry or MlflowRegistry.from_settings(settings)
-    move = registry.promote(model, version)
-    await announce(
-        settings, events.promoted(model, move.version, move.metrics, reason), publisher=publisher
-    )
-    return move
+    async with _admin(settings, registry, publisher) as admin:
+        return await admin.promote(model, version, reason=reason)
 
 
 async def rollback_model(
@@ -73,9 +72,22 @@ async def rollback_model(
     Raises:
         RollbackUnavailable: no previous champion is recorded.
     """
+    async with _admin(settings, registry, publisher) as admin:
+        return await admin.rollback(model, reason=reason)
+
+
+@asynccontextmanager
+async def _admin(
+    settings: Settings, registry: Registry | None, publisher: Publisher | None
+) -> AsyncIterator[RegistryAdmin]:
+    """A RegistryAdmin; a Kafka publisher started (and stopped) only when none is given."""
     registry = registry or MlflowRegistry.from_settings(settings)
-    move = registry.rollback(model)
-    await announce(
-        settings, events.rolled_back(model, move.version, move.metrics, reason), publisher=publisher
-    )
-    return move
+    if publisher is not None:
+        yield RegistryAdmin(registry, publisher, settings.topics.models)
+        return
+    kafka = KafkaPublisher(settings.kafka_bootstrap, client_id="signalops-cli")
+    await kafka.start()
+    try:
+        yield RegistryAdmin(registry, kafka, settings.topics.models)
+    finally:
+        await kafka.stop()

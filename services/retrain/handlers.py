@@ -280,7 +280,10 @@ class RetrainHandlers:
     async def on_log_batch(self, batch: list[Delivery[Any]]) -> None:
         """Outcomes and predictions of one poll, each appended to the offline store."""
         outcomes = [d for d in batch if isinstance(d.message, Outcome)]
-        predictions = [d for d in batch if isinstance(d.message, PredictionMade)]
+        # Shadow scores answered no one: no label can name them, training must not see them.
+        predictions = [
+            d for d in batch if isinstance(d.message, PredictionMade) and not d.message.shadow
+        ]
         await self._append(OUTCOMES, [(d, outcome_row(d.message)) for d in outcomes])
         await self._append(PREDICTIONS, [(d, prediction_row(d.message)) for d in predictions])
 

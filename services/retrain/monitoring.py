@@ -148,7 +148,7 @@ class DriftMonitorHandlers:
             message = d.message
             if isinstance(message, PredictionMade):
                 monitor = self.monitors.get(message.model.name)
-                if monitor is None:
+                if monitor is None or message.shadow:  # a shadow score answered no one
                     continue
                 if message.model.variant != "fallback" and monitor.needs_reference(
                     message.model.version

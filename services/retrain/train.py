@@ -22,12 +22,20 @@ from libs.common.observability import get_logger
 from libs.common.offline import OUTCOMES, OfflineStore
 from libs.common.registry import DRIFT_REFERENCE, MlflowRegistry, Registry, request_tags
 from libs.common.registry.aliases import MODEL_CARD
+from libs.common.registry.mlflow import COMPANION_FILE, COMPANION_META
 from services.retrain.adapters.ray_train import RayTrainFit
 from services.retrain.adapters.training_frame import build_training_frame
+from services.retrain.core.companion import TrainedCompanion, train_companion
 from services.retrain.core.dataset import LABEL, TS, JoinSpec
 from services.retrain.core.drift.reference import PREDICTION, DriftReference
 from services.retrain.core.evaluation import HoldoutEvaluation, evaluate
-from services.retrain.core.model_card import build_model_card, data_window, gain_importance
+from services.retrain.core.model_card import (
+    CompanionSummary,
+    Metrics,
+    build_model_card,
+    data_window,
+    gain_importance,
+)
 from services.retrain.core.promotion import NO_CHAMPION, ChampionScore, decide
 from services.retrain.core.results import TrainingResult
 from services.retrain.core.slices import Slice, cut_slices
@@ -117,6 +125,34 @@ def drift_reference(
             PREDICTION: holdout_scores,
         }
     )
+
+
+def companion_summary(companion: TrainedCompanion | None) -> CompanionSummary | None:
+    """The model card's view of the companion: inputs, size and holdout metrics."""
+    if companion is None:
+        return None
+    m = companion.metrics
+    return CompanionSummary(
+        features=companion.features,
+        selection=companion.selection,
+        trees=int(companion.booster.num_trees()),
+        metrics=Metrics.model_validate(
+            {
+                "auc": m.auc,
+                "log_loss": m.log_loss,
+                "calibration_error": None,
+                "rows": m.holdout_rows,
+            }
+        ),
+    )
+
+
+def companion_files(companion: TrainedCompanion | None) -> dict[str, str]:
+    """The registry files of a companion (none without one): its booster, checked by
+    sha256 like model.lgb, and its JSON description."""
+    if companion is None:
+        return {}
+    return {COMPANION_FILE: companion.model_text(), COMPANION_META: companion.to_json()}
 
 
 def real_label_count(store: OfflineStore, model: str, *, at_least: int | None = None) -> int:
@@ -224,6 +260,25 @@ def train_model(
         fit=fit_by_size(settings.distributed_training_rows, RayTrainFit.from_settings(settings)),
         categories=spec.categories,
     )
+    names = dict(zip(trained.columns, model.features, strict=True))
+    importance = gain_importance(trained.booster, names)
+    # Serve's first fallback, trained on the same rows and measured on the same holdout.
+    # A companion that cannot be trained never costs the version: serve answers with
+    # the constant prior where the companion would have.
+    companion: TrainedCompanion | None = None
+    try:
+        companion = train_companion(
+            frame,
+            model,
+            importance,
+            holdout_fraction=settings.holdout_fraction,
+            weights=window.weights,
+            categories=spec.categories,
+        )
+    except Exception:
+        log.error("companion_training_failed", model=model_name, exc_info=True)
+    if companion is None:
+        log.warning("companion_not_trained", model=model_name, spec=str(model.fallback.companion))
     timings["train_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -237,6 +292,11 @@ def train_model(
     candidate = _holdout_evaluation(trained.booster, trained, slices)
     champion = _champion_score(registry, model_name, previous, trained, slices)
     metrics = {**trained.metrics.as_dict(), "calibration_error": candidate.calibration_error}
+    if companion is not None:
+        metrics |= {
+            "companion_auc": companion.metrics.auc,
+            "companion_log_loss": companion.metrics.log_loss,
+        }
     decision = decide(
         candidate,
         gates,
@@ -260,10 +320,9 @@ def train_model(
         champion=champion,
         decision=decision,
         reference=reference,
-        importance=gain_importance(
-            trained.booster, dict(zip(trained.columns, model.features, strict=True))
-        ),
+        importance=importance,
         timings={**timings, "evaluate_s": time.perf_counter() - t},
+        companion=companion_summary(companion),
     )
     version = registry.register(
         model_name,
@@ -285,6 +344,7 @@ def train_model(
             # Stored with the booster, before the version exists: serve never loads a
             # version without its codes. Absent: the version has no categorical inputs.
             **({CATEGORIES_FILE: trained.encoding.to_json()} if trained.encoding.columns else {}),
+            **companion_files(companion),
         },
         version_files=lambda v: {MODEL_CARD: card.for_version(v).model_dump_json(indent=2)},
     )

@@ -6,10 +6,11 @@ the thin deployment class that builds the real adapters in its replica.
 
 from __future__ import annotations
 
-import hmac
 import math
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Header, Path, Query, Request
@@ -19,30 +20,43 @@ from opentelemetry.propagate import extract
 from opentelemetry.trace import Span, SpanKind
 from ray import serve
 from ray.serve import metrics
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from libs.common.clients.redis import RedisFeatureStore, make_redis
 from libs.common.definitions import load_definitions
-from libs.common.http import JsonBodiesByDefault
+from libs.common.http import BodySizeLimit, JsonBodiesByDefault, security_refusal
 from libs.common.observability.logging import configure_logging, get_logger
 from libs.common.observability.tracing import configure_tracing, tracer
-from libs.common.registry import MlflowRegistry
+from libs.common.ratelimit import (
+    Limit,
+    MemoryRateLimiter,
+    RateLimited,
+    RateLimiter,
+    RedisRateLimiter,
+)
+from libs.common.registry import MlflowRegistry, Registry
 from libs.common.schemas import new_id
+from libs.common.security import KeyRing, SecurityError, Unauthenticated, require
 from services.serve.adapters.model_events import KafkaModelEvents
 from services.serve.adapters.prediction_log import KafkaPredictionLog
-from services.serve.core.priority import parse_priority
+from services.serve.admin import AdminPublisher, SharedPublisher, admin_router
+from services.serve.core.priority import Deadline, parse_deadline_ms, parse_priority
 from services.serve.errors import (
+    BadDeadline,
     BadPriority,
     BatchTooLarge,
     FeaturesNotFound,
     FeatureStoreUnavailable,
     Forbidden,
     InvalidFeatures,
+    InvalidTraffic,
     Overloaded,
     ServeError,
     Unauthorized,
     UnknownModel,
     UnknownView,
 )
+from services.serve.metrics import ServeMetrics
 from services.serve.schemas import (
     BatchPredictRequest,
     EntityFeatures,
@@ -63,7 +77,9 @@ _STATUS: dict[type[ServeError], int] = {
     UnknownView: 400,
     InvalidFeatures: 400,
     BadPriority: 400,
-    Overloaded: 429,
+    BadDeadline: 400,
+    InvalidTraffic: 400,
+    Overloaded: 503,  # and DeadlineExceeded; 429 is the per-key rate limit
     BatchTooLarge: 413,
     Unauthorized: 401,
     Forbidden: 403,
@@ -82,28 +98,42 @@ def _json(answer: PredictionAnswer, explain: bool) -> str:
 # Error answers of the feature reads, for the OpenAPI document.
 _FEATURE_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorAnswer, "description": "Unknown view (the message names the known)."},
-    429: {"model": ErrorAnswer, "description": "Overloaded for this priority; see Retry-After."},
-    503: {"model": ErrorAnswer, "description": "Online store unavailable; see Retry-After."},
+    429: {"model": ErrorAnswer, "description": "The key's rate limit; see Retry-After."},
+    503: {
+        "model": ErrorAnswer,
+        "description": "Online store unavailable, overloaded for this priority, or past the "
+        "request's deadline; see Retry-After.",
+    },
 }
 
 
-def _check_admin(authorization: str | None, token: str) -> None:
-    scheme, _, value = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        raise Unauthorized("admin actions need the header 'Authorization: Bearer <admin token>'")
-    presented = value.strip().encode("utf-8", "surrogatepass")
-    if not hmac.compare_digest(presented, token.encode()):
-        raise Forbidden("the bearer token does not carry the admin scope")
-
-
-def create_app(service: InferenceService, *, manage_lifecycle: bool = False) -> FastAPI:
+def create_app(
+    service: InferenceService,
+    *,
+    manage_lifecycle: bool = False,
+    keys: KeyRing | None = None,
+    rate_limiter: RateLimiter | None = None,
+    registry: Callable[[], Registry] | None = None,
+    publisher: AdminPublisher | None = None,
+) -> FastAPI:
     """The prediction API (DESIGN.md "HTTP, Ray Serve") over `service`.
 
     Args:
         service: answers predictions and holds the models.
         manage_lifecycle: start and stop the service with the app's lifespan (the
             deployment does; tests that drive the app directly start it themselves).
+        keys: the API keys; default from the service's settings.
+        rate_limiter: per-key limits; the deployment shares them through Redis, the
+            default counts in this process only.
+        registry: builds the registry client of admin moves (default MLflow from settings).
+        publisher: admin messages (model events, retrain requests); default Kafka.
     """
+    settings = service.settings
+    keys = keys if keys is not None else KeyRing.from_settings(settings)
+    limiter = rate_limiter if rate_limiter is not None else MemoryRateLimiter()
+    admin_publisher: AdminPublisher = publisher or SharedPublisher(
+        settings.kafka_bootstrap, client_id=f"serve-admin-{new_id()[:8]}"
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -112,12 +142,17 @@ def create_app(service: InferenceService, *, manage_lifecycle: bool = False) -> 
         try:
             yield
         finally:
+            await admin_publisher.stop()
+            if isinstance(limiter, RedisRateLimiter):
+                await limiter.close()
             if manage_lifecycle:
                 await service.stop()
 
     app = FastAPI(title="signalops serve", version="1", lifespan=lifespan)
     app.add_middleware(JsonBodiesByDefault)
-    admin_token = service.settings.admin_token.get_secret_value()
+    # Added last, so outermost: an oversized body is refused before anything reads it.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.serve_max_body_bytes)
+    require_predict_key = settings.predict_key_required
     # Exported by Ray's metrics agent (as ray_signalops_feature_reads_total), which
     # Prometheus scrapes for Serve; the same outcomes show in /healthz "counts".
     feature_reads = metrics.Counter(
@@ -145,6 +180,49 @@ def create_app(service: InferenceService, *, manage_lifecycle: bool = False) -> 
             response.headers["WWW-Authenticate"] = "Bearer"
         return response
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (an unparseable body, an unknown route) in the API's
+        # error shape, not {"detail": ...}.
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+        response = _error(exc.status_code, code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(SecurityError)
+    async def _refused(_request: Request, exc: SecurityError) -> JSONResponse:
+        return security_refusal(exc)
+
+    @app.exception_handler(RateLimited)
+    async def _limited(_request: Request, exc: RateLimited) -> JSONResponse:
+        response = _error(429, exc.code, str(exc))
+        response.headers["Retry-After"] = exc.decision.retry_after_header
+        return response
+
+    async def _guard(request: Request) -> None:
+        """Key and rate limit of a predict or features call (predict scope).
+
+        Without a key the call passes unless keys are required; a presented key is
+        always checked, and counted against its limit when it has one.
+        """
+        who = keys.caller(request.headers)
+        if who is None:
+            if require_predict_key:
+                raise Unauthenticated(
+                    "this endpoint needs an API key with the 'predict' scope: send "
+                    "'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+                )
+            return
+        require(who, "predict")
+        if who.rate_per_s is not None:
+            limit = Limit.of(who.rate_per_s, who.burst)
+            decision = await limiter.acquire(who.name, limit)
+            if decision.failed_open:
+                service.counts["rate_limit_failed_open"] += 1
+            elif not decision.allowed:
+                service.counts["rate_limited"] += 1
+                raise RateLimited(who.name, limit, decision)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
@@ -158,22 +236,44 @@ def create_app(service: InferenceService, *, manage_lifecycle: bool = False) -> 
         message = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:5])
         return _error(422, "invalid_request", message or "invalid request", detail=errors)
 
-    @contextmanager
-    def _admitted(
+    @asynccontextmanager
+    async def _admitted(
         request: Request, name: str, x_priority: str | None, attributes: dict[str, Any]
-    ) -> Iterator[Span]:
-        """One server span (continuing the caller's trace) around a priority slot."""
+    ) -> AsyncIterator[Span]:
+        """One server span (continuing the caller's trace) around a priority slot.
+
+        The request's deadline (X-Deadline-Ms from arrival, else the default) bounds the
+        wait for a slot and is left in `request.state.deadline` for the work.
+        """
+        arrived = service.limiter.clock()
         priority = parse_priority(x_priority)
-        with (
-            tracer().start_as_current_span(
-                name,
-                context=extract(request.headers),
-                kind=SpanKind.SERVER,
-                attributes={**attributes, "priority": priority.value},
-            ) as span,
-            service.limiter.admit(priority),
-        ):
-            yield span
+        budget_ms = parse_deadline_ms(
+            request.headers.get("x-deadline-ms"), service.settings.serve_default_deadline_ms
+        )
+        request.state.deadline = Deadline.after_ms(budget_ms, arrived)
+        with tracer().start_as_current_span(
+            name,
+            context=extract(request.headers),
+            kind=SpanKind.SERVER,
+            attributes={**attributes, "priority": priority.value, "deadline_ms": budget_ms},
+        ) as span:
+            request.state.priority = priority.value
+            try:
+                async with service.limiter.admit(priority, request.state.deadline):
+                    yield span
+            except Overloaded as exc:  # shed while queued, or past the deadline
+                service.metrics.shed(priority.value, exc.code)
+                raise
+
+    def _observe(
+        endpoint: str, request: Request, started: float, answers: list[PredictionAnswer]
+    ) -> None:
+        service.metrics.answered(
+            endpoint,
+            request.state.priority,
+            (time.perf_counter() - started) * 1000,
+            ((a.model.variant, a.degraded, a.reasons) for a in answers),
+        )
 
     @app.post("/v1/predict")
     async def predict(
@@ -182,11 +282,16 @@ def create_app(service: InferenceService, *, manage_lifecycle: bool = False) -> 
         explain: bool = Query(False, description="Add per-feature contributions."),
         x_priority: str | None = Header(None, description="high, normal (default) or low"),
     ) -> Response:
+        await _guard(request)
         attributes = {"entity_id": body.entity_id}
-        with _admitted(request, "serve.predict", x_priority, attributes) as span:
-            (answer,) = await service.predict([body], explain=explain)
+        async with _admitted(request, "serve.predict", x_priority, attributes) as span:
+            started = time.perf_counter()
+            (answer,) = await service.predict(
+                [body], explain=explain, deadline=request.state.deadline
+            )
             span.set_attribute("model.version", answer.model.version)
             span.set_attribute("model.variant", answer.model.variant)
+        _observe("one", request, started, [answer])
         return Response(_json(answer, explain), media_type="application/json")
 
     @app.post("/v1/predict/batch")
@@ -196,9 +301,14 @@ def create_app(service: InferenceService, *, manage_lifecycle: bool = False) -> 
         explain: bool = Query(False, description="Add per-feature contributions."),
         x_priority: str | None = Header(None, description="high, normal (default) or low"),
     ) -> Response:
+        await _guard(request)
         attributes = {"batch.size": len(body.requests)}
-        with _admitted(request, "serve.predict_batch", x_priority, attributes):
-            answers = await service.predict(body.requests, explain=explain)
+        async with _admitted(request, "serve.predict_batch", x_priority, attributes):
+            started = time.perf_counter()
+            answers = await service.predict(
+                body.requests, explain=explain, deadline=request.state.deadline
+            )
+        _observe("batch", request, started, answers)
         content = '{"predictions":[' + ",".join(_json(a, explain) for a in answers) + "]}"
         return Response(content, media_type="application/json")
 
@@ -210,9 +320,10 @@ def create_app(service: InferenceService, *, manage_lifecycle: bool = False) -> 
         x_priority: str | None,
     ) -> list[EntityFeatures]:
         """One counted, traced, admitted read of the online store."""
+        await _guard(request)
         attributes = {"features.entities": len(entity_ids), "features.views": str(views or "all")}
         try:
-            with _admitted(request, f"serve.features_{endpoint}", x_priority, attributes):
+            async with _admitted(request, f"serve.features_{endpoint}", x_priority, attributes):
                 return await service.features(entity_ids, views)
         except Exception as exc:
             _count_read(endpoint, getattr(exc, "code", "error"))
@@ -267,13 +378,14 @@ def create_app(service: InferenceService, *, manage_lifecycle: bool = False) -> 
     async def models() -> dict[str, Any]:
         return service.catalog.view().model_dump()
 
-    @app.post("/v1/admin/reload")
-    async def reload(authorization: str | None = Header(None)) -> dict[str, Any]:
-        _check_admin(authorization, admin_token)
-        with tracer().start_as_current_span("serve.admin_reload"):
-            changed = await service.catalog.refresh_all()
-        log.info("admin_reload", changed=changed)
-        return {"changed": changed, **service.catalog.view().model_dump()}
+    app.include_router(
+        admin_router(
+            service,
+            keys,
+            registry=registry or (lambda: MlflowRegistry.from_settings(settings)),
+            publisher=admin_publisher,
+        )
+    )
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -291,6 +403,7 @@ def create_app(service: InferenceService, *, manage_lifecycle: bool = False) -> 
 def build_service(settings: ServeSettings, *, replica: str | None = None) -> InferenceService:
     """The service with its real adapters: Redis, MLflow, Kafka (nothing connects yet)."""
     replica = replica or new_id()[:8]
+    serve_metrics = ServeMetrics()
     return InferenceService(
         settings,
         load_definitions(settings.definitions),
@@ -301,8 +414,10 @@ def build_service(settings: ServeSettings, *, replica: str | None = None) -> Inf
             client_id=f"serve-{replica}",
             max_pending=settings.prediction_log_max_pending,
             timeout_s=settings.call_timeout_s * 5,
+            on_count=serve_metrics.prediction_log,
         ),
         events=KafkaModelEvents(settings, client_id=f"serve-{replica}"),
+        metrics=serve_metrics,
     )
 
 
@@ -331,4 +446,9 @@ class SignalopsServe:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         # Serve runs the app's lifespan after this: champions load, events are followed.
-        return create_app(self._service, manage_lifecycle=True)
+        # Per-key limits shared by every replica through Redis (fails open if it is down).
+        limiter = RedisRateLimiter(
+            make_redis(self._settings.redis_url, self._settings.rate_limit_timeout_s),
+            timeout_s=self._settings.rate_limit_timeout_s,
+        )
+        return create_app(self._service, manage_lifecycle=True, rate_limiter=limiter)

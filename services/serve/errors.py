@@ -29,14 +29,32 @@ class BadPriority(ServeError):
     code = "bad_priority"
 
 
+class BadDeadline(ServeError):
+    """The X-Deadline-Ms header is not a whole number of milliseconds in range."""
+
+    code = "bad_deadline"
+
+
 class Overloaded(ServeError):
-    """The replica sheds this priority class now; the client retries after a pause."""
+    """The replica sheds this priority class now (503); the client retries after a pause."""
 
     code = "overloaded"
 
     def __init__(self, message: str, *, retry_after_s: int) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(Overloaded):
+    """The request's deadline passed before its work began; answered 503 without it."""
+
+    code = "deadline_exceeded"
+
+
+class InvalidTraffic(ServeError):
+    """A traffic setting is out of range (challenger fraction outside 0..1)."""
+
+    code = "invalid_traffic"
 
 
 class BatchTooLarge(ServeError):

@@ -43,8 +43,9 @@ def app_builder(args: dict[str, Any]) -> Application:
     """Application builder for config deploys (`import_path: services.serve.main:app_builder`).
 
     `args` override settings; the rest come from SIGNALOPS_* variables in the
-    application's runtime_env and the node. The admin token is not put in the
-    deployment arguments: replicas read it from their environment.
+    application's runtime_env and the node. The admin token and the API keys are not
+    put in the deployment arguments: replicas read them (SIGNALOPS_ADMIN_TOKEN,
+    SIGNALOPS_API_KEYS or the file SIGNALOPS_API_KEYS_FILE names) on their node.
     """
     return build_app(ServeSettings(**args))
 

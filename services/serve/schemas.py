@@ -77,10 +77,13 @@ class ServedModelInfo(BaseModel):
 
 
 class ModelsView(BaseModel):
-    """What serves now per model, and the share of entities each variant gets."""
+    """What serves now per model, the share of entities each variant answers, and
+    per model the configured challenger fraction and whether shadow mode is on."""
 
     models: list[ServedModelInfo]
     traffic: dict[str, dict[str, float]]
+    challenger_fraction: dict[str, float] = Field(default_factory=dict)
+    shadow: dict[str, bool] = Field(default_factory=dict)
 
 
 # A stored feature value as read back: numbers, categorical strings (the `last` of a

@@ -15,7 +15,9 @@ class ServeSettings(Settings):
     serve_num_replicas: int = Field(2, ge=1, description="Two replicas keep serving on redeploys.")
     serve_num_cpus: float = Field(0.25, gt=0, description="CPUs reserved per replica.")
     serve_max_ongoing_requests: int = Field(
-        256, ge=1, description="Serve's per-replica concurrency; must cover the hard cap."
+        320,
+        ge=1,
+        description="Serve's per-replica concurrency; must cover the hard cap plus the queues.",
     )
 
     # In-replica priority limiter (RAY_NOTES.md "Prioritisation"): a request of a
@@ -25,8 +27,30 @@ class ServeSettings(Settings):
     priority_hard_cap: int = Field(256, ge=1)
     retry_after_s: int = Field(1, ge=1)
 
+    # Request path of issue 8 (HS1): per-class queues, deadlines, prediction cache.
+    # Serve counts queued requests as ongoing: serve_max_ongoing_requests should cover
+    # the hard cap plus the three queues, or Serve queues the excess itself.
+    priority_queue_low: int = Field(8, ge=0, description="Low requests that may wait.")
+    priority_queue_normal: int = Field(16, ge=0, description="Normal requests that may wait.")
+    priority_queue_high: int = Field(32, ge=0, description="High requests that may wait.")
+    priority_queue_max_wait_s: float = Field(
+        0.02, ge=0, description="Longest wait for a slot before a queued request is shed."
+    )
+    serve_default_deadline_ms: int = Field(
+        1000, ge=1, description="Budget of a request without X-Deadline-Ms, from arrival."
+    )
+    prediction_cache_enabled: bool = Field(True, description="Cache scores of model versions.")
+    prediction_cache_size: int = Field(100_000, ge=1, description="Most scores cached.")
+    prediction_cache_ttl_s: float = Field(
+        0.0, ge=0, description="Forget a cached score after this long; 0: only when evicted."
+    )
+
     challenger_fraction: float = Field(
-        0.1, ge=0.0, le=1.0, description="Share of entities routed to a 'challenger' alias."
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Share of entities routed to a 'challenger' alias, unless the "
+        "registry's traffic tag of the model says otherwise.",
     )
     batch_max: int = Field(1000, ge=1, description="Most requests in one batch call (else 413).")
     features_batch_max: int = Field(
@@ -51,6 +75,20 @@ class ServeSettings(Settings):
     )
     prediction_log_max_pending: int = Field(10_000, ge=1)
 
+    # The main model's budget (services/serve/core/companion.py): past it, or when the
+    # model raises, the version's companion answers; the constant prior only after.
+    serve_model_timeout_ms: float = Field(
+        100.0,
+        ge=0,
+        description="Budget of one main-model predict call (a batch is one call); 0: none.",
+    )
+    serve_model_max_overdue: int = Field(
+        2,
+        ge=1,
+        description="Predicts of a version still running past their budget at which the "
+        "companion answers at once (a stuck model cannot take every worker thread).",
+    )
+
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> ServeSettings:
         if not (self.priority_low_limit <= self.priority_normal_limit <= self.priority_hard_cap):
@@ -58,6 +96,18 @@ class ServeSettings(Settings):
                 "priority limits must satisfy low <= normal <= hard cap, got "
                 f"{self.priority_low_limit}, {self.priority_normal_limit}, "
                 f"{self.priority_hard_cap}"
+            )
+        admitted = (
+            self.priority_hard_cap
+            + self.priority_queue_low
+            + self.priority_queue_normal
+            + self.priority_queue_high
+        )
+        if self.serve_max_ongoing_requests < admitted:
+            # Serve would queue the excess itself, where no priority applies.
+            raise ValueError(
+                f"serve_max_ongoing_requests ({self.serve_max_ongoing_requests}) must be at "
+                f"least the priority hard cap plus the three queues ({admitted})"
             )
         return self
 

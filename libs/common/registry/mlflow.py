@@ -36,6 +36,13 @@ from libs.common.settings import Settings
 
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
+COMPANION_FILE = "companion.lgb"  # the version's simpler fallback model, LightGBM text
+COMPANION_META = "companion.json"  # its inputs, how they were chosen, its holdout metrics
+COMPANION_SHA256_TAG = "companion_sha256"
+# Stored files that hold a model: their sha256 is recorded on the version at
+# registration, and `read_file` returns them only when they match it.
+_CHECKED_FILES = {COMPANION_FILE: COMPANION_SHA256_TAG}
+
 
 class ModelIntegrityError(SignalopsError):
     """A version's model file is missing or does not match its recorded sha256.
@@ -105,6 +112,18 @@ class Registry(Protocol):
     def version_of(self, model: str, alias: str) -> str | None: ...
 
     def read_file(self, model: str, version: str, name: str) -> str | None: ...
+
+    def traffic_settings(self, model: str) -> tuple[float | None, bool]: ...
+
+    def set_traffic_settings(
+        self, model: str, fraction: float | None, shadow: bool | None
+    ) -> None: ...
+
+
+# Registered-model tags holding serve's traffic settings per model (durable, shared by
+# every replica); an unset fraction means serve's `challenger_fraction` setting.
+CHALLENGER_FRACTION_TAG = "signalops.challenger_fraction"
+SHADOW_TAG = "signalops.shadow"
 
 
 class MlflowRegistry:
@@ -183,7 +202,9 @@ class MlflowRegistry:
             tags: set on the run and on the new version (e.g. reason, training_rows).
             example: a few input rows; their column order is recorded on the run.
             files: text files stored next to the model (name -> content), e.g. the
-                drift reference; read back with `read_file`.
+                drift reference; read back with `read_file`. A file holding a model
+                (`COMPANION_FILE`) has its sha256 recorded on the version too
+                (`COMPANION_SHA256_TAG`), like `model.lgb`.
             version_files: files that need the version number (e.g. the model card),
                 built from it once MLflow assigned it and stored the same way.
 
@@ -204,9 +225,12 @@ class MlflowRegistry:
                 booster.save_model(str(path))
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
                 client.log_artifact(run_id, str(path), artifact_path=MODEL_ARTIFACT_DIR)
+                checked: dict[str, str] = {}
                 for name, text in (files or {}).items():
                     extra = Path(tmp) / name
-                    extra.write_text(text)
+                    extra.write_bytes(text.encode())
+                    if name in _CHECKED_FILES:
+                        checked[_CHECKED_FILES[name]] = hashlib.sha256(text.encode()).hexdigest()
                     client.log_artifact(run_id, str(extra), artifact_path=MODEL_ARTIFACT_DIR)
             if example is not None and not example.empty:
                 client.set_tag(run_id, "input_columns", ",".join(map(str, example.columns)))
@@ -217,7 +241,7 @@ class MlflowRegistry:
         self._ensure_registered(model)
         source = f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_DIR}"
         mv = client.create_model_version(
-            model, source, run_id=run_id, tags={**tags, SHA256_TAG: digest}
+            model, source, run_id=run_id, tags={**tags, SHA256_TAG: digest, **checked}
         )
         version = str(mv.version)
         if version_files is not None:
@@ -359,10 +383,24 @@ class MlflowRegistry:
         return sorted(m.name for m in self._client.search_registered_models())
 
     def read_file(self, model: str, version: str, name: str) -> str | None:
-        """A text file stored with a version (`register(files=...)`), or None."""
+        """A text file stored with a version (`register(files=...)`), or None.
+
+        A file holding a model (`COMPANION_FILE`) is returned only when the version
+        records its sha256 and the file matches it; a version recording none (older
+        than companions, or not registered by signalops) has none: None.
+
+        Raises:
+            ModelIntegrityError: a checked file is missing or does not match its sha256.
+        """
         from mlflow.artifacts import download_artifacts
         from mlflow.exceptions import MlflowException
 
+        expected = None
+        if name in _CHECKED_FILES:
+            tags = self._client.get_model_version(model, str(version)).tags or {}
+            expected = tags.get(_CHECKED_FILES[name])
+            if expected is None:
+                return None
         location = self._client.get_model_version_download_uri(model, str(version))
         with tempfile.TemporaryDirectory(prefix="signalops-file-") as tmp:
             try:
@@ -373,9 +411,58 @@ class MlflowRegistry:
                         tracking_uri=self.tracking_uri,
                     )
                 )
+                data = path.read_bytes() if path.is_file() else None
             except (MlflowException, OSError):
-                return None
-            return path.read_text() if path.is_file() else None
+                data = None
+        if expected is not None:
+            if data is None:
+                raise ModelIntegrityError(f"{model} v{version}: no {name} in {location}")
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != expected:
+                raise ModelIntegrityError(
+                    f"{model} v{version}: {name} sha256 {digest} != recorded {expected}"
+                )
+        return None if data is None else data.decode()
+
+    def traffic_settings(self, model: str) -> tuple[float | None, bool]:
+        """The model's (challenger fraction, shadow) tags; (None, False) when unset.
+
+        A fraction tag that is not a number within 0..1 reads as unset.
+        """
+        from mlflow.exceptions import MlflowException
+
+        if self._store_missing():
+            return None, False
+        try:
+            tags = dict(self._client.get_registered_model(model).tags or {})
+        except MlflowException as exc:
+            if exc.error_code in _NOT_FOUND:
+                return None, False
+            raise
+        try:
+            fraction: float | None = float(tags[CHALLENGER_FRACTION_TAG])
+        except (KeyError, ValueError):
+            fraction = None
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            fraction = None
+        return fraction, tags.get(SHADOW_TAG, "false").lower() == "true"
+
+    def set_traffic_settings(self, model: str, fraction: float | None, shadow: bool | None) -> None:
+        """Store the model's challenger fraction and shadow mode; None leaves one as is.
+
+        The registered model is created when it has no version yet, so a split can be
+        set before the first version is registered.
+
+        Raises:
+            ValueError: the fraction is outside 0..1.
+        """
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"challenger fraction must be within 0..1, got {fraction}")
+        self._ensure_registered(model)
+        if fraction is not None:
+            self._client.set_registered_model_tag(model, CHALLENGER_FRACTION_TAG, repr(fraction))
+        if shadow is not None:
+            self._client.set_registered_model_tag(model, SHADOW_TAG, str(shadow).lower())
 
     def load_booster(self, model: str, version: str) -> lgb.Booster:
         """The booster of a version (or of an alias such as "champion").

@@ -30,9 +30,12 @@ class DriftDetected(Message):
 
 
 class ModelChanged(Message):
-    """A registry change serve must follow; `alias` is what now points at `version`."""
+    """A registry change serve must follow; `alias` is what now points at `version`.
 
-    kind: Literal["registered", "promoted", "rolled_back"]
+    `traffic_changed`: a model's challenger fraction or shadow mode was set.
+    """
+
+    kind: Literal["registered", "promoted", "rolled_back", "traffic_changed"]
     model: str
     version: str
     alias: str | None = None

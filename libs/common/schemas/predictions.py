@@ -28,3 +28,6 @@ class PredictionMade(Message):
     features: dict[str, float | str | None] = Field(default_factory=dict)
     degraded: bool = False
     reasons: list[str] = Field(default_factory=list)
+    # A shadow score: the challenger scored the row, the client never saw it. An
+    # optional field within version 1; consumers that judge answers skip these.
+    shadow: bool = False

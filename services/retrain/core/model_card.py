@@ -87,6 +87,15 @@ class Importance(_Card):
     gain: float
 
 
+class CompanionSummary(_Card):
+    """The version's companion (serve's simpler fallback) on the same holdout."""
+
+    features: list[str]
+    selection: str
+    trees: int
+    metrics: Metrics
+
+
 class Gate(_Card):
     """One promotion check and its verdict."""
 
@@ -119,6 +128,9 @@ class ModelCard(_Card):
     promoted: bool
     gates: list[Gate]
     timings: dict[str, float] = Field(description="Seconds per stage up to registration.")
+    companion: CompanionSummary | None = Field(
+        None, description="The companion model; None: the version has none (or predates them)."
+    )
 
     def for_version(self, version: str) -> ModelCard:
         """This card with the version number it was read from."""
@@ -203,6 +215,7 @@ def build_model_card(
     importance: Mapping[str, float],
     timings: Mapping[str, float],
     created: datetime | None = None,
+    companion: CompanionSummary | None = None,
 ) -> ModelCard:
     """Assemble the card of a version about to be registered.
 
@@ -217,6 +230,7 @@ def build_model_card(
         importance: feature -> normalised gain (`gain_importance`).
         timings: seconds per stage so far.
         created: when; now when None.
+        companion: the companion trained with the version, if any.
 
     Returns:
         The card; `model_dump_json()` is what the registry stores.
@@ -257,4 +271,5 @@ def build_model_card(
         promoted=decision.promote,
         gates=[Gate(name=c.name, status=c.status, detail=c.detail) for c in decision.checks],
         timings={k: round(float(v), 4) for k, v in timings.items()},
+        companion=companion,
     )

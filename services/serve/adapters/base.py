@@ -30,6 +30,14 @@ class ModelSource(Protocol):
         """A text file stored with a version (e.g. its category encoding), None if absent."""
         ...
 
+    def traffic_settings(self, model: str) -> tuple[float | None, bool]:
+        """The model's stored (challenger fraction, shadow); fraction None when unset."""
+        ...
+
+    def set_traffic_settings(self, model: str, fraction: float | None, shadow: bool | None) -> None:
+        """Store the model's challenger fraction and shadow mode; None leaves one as is."""
+        ...
+
 
 class PredictionSink(Protocol):
     """The prediction log. `emit` never blocks and never raises: the request goes on."""

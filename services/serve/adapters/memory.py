@@ -21,6 +21,8 @@ class MemoryModelSource:
     aliases: dict[tuple[str, str], str] = field(default_factory=dict)
     loads: Counter[tuple[str, str]] = field(default_factory=Counter)
     files: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    fractions: dict[str, float] = field(default_factory=dict)
+    shadows: dict[str, bool] = field(default_factory=dict)
 
     def register(
         self,
@@ -44,6 +46,17 @@ class MemoryModelSource:
 
     def read_file(self, model: str, version: str, name: str) -> str | None:
         return self.files.get((model, version), {}).get(name)
+
+    def traffic_settings(self, model: str) -> tuple[float | None, bool]:
+        return self.fractions.get(model), self.shadows.get(model, False)
+
+    def set_traffic_settings(self, model: str, fraction: float | None, shadow: bool | None) -> None:
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"challenger fraction must be within 0..1, got {fraction}")
+        if fraction is not None:
+            self.fractions[model] = fraction
+        if shadow is not None:
+            self.shadows[model] = shadow
 
 
 @dataclass

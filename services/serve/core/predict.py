@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Protocol
 
 import lightgbm as lgb
@@ -33,6 +34,10 @@ NO_MODEL = "no_model"
 NO_FEATURES = "no_features"
 PARTIAL_FEATURES = "partial_features"
 FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
+MODEL_FAILED = "model_failed"  # the main model raised
+MODEL_TIMEOUT = "model_timeout"  # the main model did not answer within its budget
+COMPANION = "companion"  # the version's companion (simpler model) answered
+COMPANION_FAILED = "companion_failed"  # ...or could not either: the constant prior
 
 BIAS = "bias"  # key of the expected value in contributions; no 'view.feature' can clash
 
@@ -107,6 +112,13 @@ class Predictor:
         # One thread: single rows and small batches are faster without OpenMP fan-out.
         return np.asarray(self._booster.predict(self._matrix(rows), num_threads=1))
 
+    def score(
+        self, rows: Rows, names: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, list[dict[str, float]] | None]:
+        """Scores of `rows`, and their contributions keyed by `names` when names are given."""
+        contribs = self.contributions(rows, names) if names is not None else None
+        return self.predict(rows), contribs
+
     def raw_scores(self, rows: Rows) -> np.ndarray:
         return np.asarray(self._booster.predict(self._matrix(rows), raw_score=True, num_threads=1))
 
@@ -126,19 +138,54 @@ class Predictor:
         return [dict(zip(keys, map(float, r), strict=True)) for r in contrib]
 
 
+@dataclass
+class PredictBudget:
+    """How a version's main model is run against its time budget (`_score`).
+
+    LightGBM cannot be interrupted, so a budget holds only for a predict run off the
+    event loop; and a thread hop costs several times a one-row predict. So a version
+    predicts inline once it has answered within its budget off the loop, and goes
+    back off the loop (where the budget holds, and the companion answers past it)
+    as soon as one predict exceeds it. A new version starts off the loop: it proves
+    itself first. Shared by a version's champion and challenger entries.
+
+    Attributes:
+        inline: predict on the event loop (True) or in a thread under the budget.
+        overdue: predicts still running past their budget; while there are
+            `max_overdue` of them the companion answers at once, so a stuck model
+            cannot take every worker thread.
+    """
+
+    inline: bool = False
+    overdue: int = 0
+
+
 @dataclass(frozen=True)
 class ServedModel:
-    """One loaded model version; immutable, so a swap is one reference assignment."""
+    """One loaded model version; immutable, so a swap is one reference assignment.
+
+    `companion` is the version's simpler model (few trees over a few robust inputs,
+    stored with it as companion.lgb), None for a version trained without one.
+    """
 
     name: str
     version: str
     variant: Variant
     predictor: Predictor
     loaded_at: datetime
+    companion: Predictor | None = None
+    budget: PredictBudget = field(default_factory=PredictBudget, compare=False)
 
     @property
     def ref(self) -> ModelRef:
         return ModelRef(name=self.name, version=self.version, variant=self.variant)
+
+    @cached_property
+    def companion_index(self) -> list[int]:
+        """Positions of the companion's inputs in the main model's input row."""
+        if self.companion is None:
+            return []
+        return [self.predictor.columns.index(c) for c in self.companion.columns]
 
 
 @dataclass(frozen=True)

@@ -235,9 +235,14 @@ def test_each_container_environment_builds_valid_production_settings(
             for name in [n for n in os.environ if n.startswith("SIGNALOPS_")]:
                 m.delenv(name)
             env = _env_values(k8s, container)
+            secret = "s3cr3t-" + "x" * 32
+            # Values from Secrets: the API keys Secret holds JSON, the others a token.
+            from_secret = {
+                "SIGNALOPS_API_KEYS": f'{{"client": {{"key": "{secret}k", "scopes": ["predict"]}}}}'
+            }
             for name, value in env.items():
                 if name.startswith("SIGNALOPS_"):
-                    m.setenv(name, value if value is not None else "s3cr3t-" + "x" * 32)
+                    m.setenv(name, value if value is not None else from_secret.get(name, secret))
             try:
                 settings = Settings()
             except ValidationError as exc:
@@ -256,6 +261,7 @@ def test_serve_runtime_env_matches_the_settings_configmap(k8s: list[Doc]) -> Non
             differ = {k: (v, configmap[k]) for k, v in env_vars.items() if configmap.get(k, v) != v}
             assert not differ, f"{where}: runtime_env disagrees with signalops-env: {differ}"
             assert "SIGNALOPS_ADMIN_TOKEN" not in env_vars, f"{where}: a secret in runtime_env"
+            assert "SIGNALOPS_API_KEYS" not in env_vars, f"{where}: a secret in runtime_env"
 
 
 def test_definitions_configmap_is_a_valid_definitions_file(k8s: list[Doc]) -> None:

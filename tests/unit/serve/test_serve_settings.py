@@ -34,6 +34,8 @@ def test_priority_limits_must_be_ordered() -> None:
     """Thresholds out of order fail at start with the three values."""
     with pytest.raises(ValidationError, match="low <= normal <= hard cap, got 50, 10, 256"):
         ServeSettings(priority_low_limit=50, priority_normal_limit=10)
+    with pytest.raises(ValidationError, match=r"at least the priority hard cap plus .* \(312\)"):
+        ServeSettings(serve_max_ongoing_requests=300)
 
 
 def test_build_app_sizes_the_deployment() -> None:
@@ -44,7 +46,7 @@ def test_build_app_sizes_the_deployment() -> None:
     deployment = app._bound_deployment
     assert deployment.num_replicas == 1
     assert deployment.ray_actor_options["num_cpus"] == 0.25
-    assert deployment.max_ongoing_requests == 256
+    assert deployment.max_ongoing_requests == 320
     assert deployment.init_args[0]["serve_num_replicas"] == 1
     assert "admin_token" not in deployment.init_args[0] and "tok" not in str(deployment.init_args)
 

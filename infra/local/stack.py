@@ -190,6 +190,10 @@ class LocalStack:
         # workers; Ray Data's tasks start workers on demand and they exit when idle.
         env.setdefault("RAY_prestart_worker_first_driver", "0")
         env.setdefault("RAY_num_workers_soft_limit", "0")
+        # Ray starts workers (the Serve replica, and HAProxy under its manager) at nice
+        # 15: on a shared laptop every other process, wrk included, then took the CPU
+        # first and predict's p99 went past 200 ms (issue 8, docs/benchmarks.md).
+        env.setdefault("RAY_worker_niceness", "0")
         self.proc("ray").start(
             [
                 str(BIN / "ray"),

@@ -155,6 +155,24 @@ class Policy:
             raise
         raise AssertionError("unreachable: tenacity reraises")
 
+    async def call_once(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kw: P.kwargs) -> T:
+        """`call` for one attempt (no retry): the breaker and the timeout without
+        tenacity's per-call machinery, for request paths (serve's feature reads).
+
+        Raises:
+            DependencyUnavailable, Exception: as `call`.
+        """
+        try:
+            return await self._attempt(fn, *args, **kw)
+        except CircuitBreakerError:
+            CALL_FAILURES.labels(self.name).inc()
+            raise DependencyUnavailable(self.name, "circuit open") from None
+        except Exception as exc:
+            if is_transient(exc):
+                CALL_FAILURES.labels(self.name).inc()
+                raise DependencyUnavailable(self.name, repr(exc)) from exc
+            raise
+
     async def call_blocking(self, fn: Callable[P, T], *args: P.args, **kw: P.kwargs) -> T:
         """Run a blocking `fn` in a worker thread under the policy (MLflow, files).
 

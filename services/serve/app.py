@@ -40,6 +40,7 @@ from libs.common.security import KeyRing, SecurityError, Unauthenticated, requir
 from services.serve.adapters.model_events import KafkaModelEvents
 from services.serve.adapters.prediction_log import KafkaPredictionLog
 from services.serve.admin import AdminPublisher, SharedPublisher, admin_router
+from services.serve.bodies import explain_flag, parsed, prediction_openapi
 from services.serve.core.priority import Deadline, parse_deadline_ms, parse_priority
 from services.serve.errors import (
     BadDeadline,
@@ -148,7 +149,16 @@ def create_app(
             if manage_lifecycle:
                 await service.stop()
 
-    app = FastAPI(title="signalops serve", version="1", lifespan=lifespan)
+    # FastAPI's own telemetry is off: it opens a second server span (and spans per
+    # dependency and serialization) beside serve's own, which cost about half of the
+    # replica's healthz throughput (issue 8, docs/benchmarks.md "Serve under wrk load").
+    app = FastAPI(
+        title="signalops serve",
+        version="1",
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
+    serve_tracer = tracer()  # looked up once: per request it cost ~5% of a prediction
     app.add_middleware(JsonBodiesByDefault)
     # Added last, so outermost: an oversized body is refused before anything reads it.
     app.add_middleware(BodySizeLimit, max_bytes=settings.serve_max_body_bytes)
@@ -251,7 +261,7 @@ def create_app(
             request.headers.get("x-deadline-ms"), service.settings.serve_default_deadline_ms
         )
         request.state.deadline = Deadline.after_ms(budget_ms, arrived)
-        with tracer().start_as_current_span(
+        with serve_tracer.start_as_current_span(
             name,
             context=extract(request.headers),
             kind=SpanKind.SERVER,
@@ -275,14 +285,15 @@ def create_app(
             ((a.model.variant, a.degraded, a.reasons) for a in answers),
         )
 
-    @app.post("/v1/predict")
-    async def predict(
-        body: PredictRequest,
-        request: Request,
-        explain: bool = Query(False, description="Add per-feature contributions."),
-        x_priority: str | None = Header(None, description="high, normal (default) or low"),
-    ) -> Response:
+    # The prediction routes parse their own body (services/serve/bodies.py): FastAPI's
+    # parameter solving cost more than the rest of a prediction. The key is checked
+    # before the body is read.
+    @app.post("/v1/predict", openapi_extra=prediction_openapi(PredictRequest))
+    async def predict(request: Request) -> Response:
         await _guard(request)
+        body = await parsed(request, PredictRequest)
+        explain = explain_flag(request)
+        x_priority = request.headers.get("x-priority")
         attributes = {"entity_id": body.entity_id}
         async with _admitted(request, "serve.predict", x_priority, attributes) as span:
             started = time.perf_counter()
@@ -294,14 +305,12 @@ def create_app(
         _observe("one", request, started, [answer])
         return Response(_json(answer, explain), media_type="application/json")
 
-    @app.post("/v1/predict/batch")
-    async def predict_batch(
-        body: BatchPredictRequest,
-        request: Request,
-        explain: bool = Query(False, description="Add per-feature contributions."),
-        x_priority: str | None = Header(None, description="high, normal (default) or low"),
-    ) -> Response:
+    @app.post("/v1/predict/batch", openapi_extra=prediction_openapi(BatchPredictRequest))
+    async def predict_batch(request: Request) -> Response:
         await _guard(request)
+        body = await parsed(request, BatchPredictRequest)
+        explain = explain_flag(request)
+        x_priority = request.headers.get("x-priority")
         attributes = {"batch.size": len(body.requests)}
         async with _admitted(request, "serve.predict_batch", x_priority, attributes):
             started = time.perf_counter()

@@ -41,7 +41,7 @@ class GuardedFeatureReader:
             FeatureStoreUnavailable: the read failed or timed out, or the breaker is open.
         """
         try:
-            return await self.policy.call(self._store.read_vectors, views, entity_ids)
+            return await self.policy.call_once(self._store.read_vectors, views, entity_ids)
         except DependencyUnavailable as exc:
             raise FeatureStoreUnavailable(f"feature store unavailable: {exc.detail}") from None
         except Exception as exc:

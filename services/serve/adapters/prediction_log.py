@@ -115,6 +115,11 @@ class KafkaPredictionLog:
                     client_id=self._client_id,
                     timeout_s=self._timeout_s,
                     acks=1,
+                    # Bigger batches: aiokafka's default (16 KiB, 5 ms) cost 36 µs of CPU
+                    # per record and fell behind under load (77% of records dropped at
+                    # 1,000 predictions/s); 256 KiB and 20 ms halve it (issue 8).
+                    linger_ms=20,
+                    max_batch_bytes=256 * 1024,
                 )
                 try:
                     await producer.start(within_s=self._timeout_s)

@@ -334,8 +334,15 @@ def scored_answer(
 def prediction_event(
     answer: PredictionAnswer, features: Mapping[str, float | str | None], at: datetime
 ) -> PredictionMade:
-    """The prediction-log record of an answer; its event id is the prediction id."""
-    return PredictionMade(
+    """The prediction-log record of an answer; its event id is the prediction id.
+
+    Built without validation (`model_construct`): every value comes from an answer this
+    module built, and validating it cost more than the rest of a batch row's scoring
+    (issue 8 profile). tests/unit/serve checks it equals the validated record.
+    """
+    return PredictionMade.model_construct(
+        message_version=PredictionMade.MESSAGE_VERSION,
+        produced_at=at,
         event_id=answer.prediction_id,
         event_time=at,
         entity_id=answer.entity_id,

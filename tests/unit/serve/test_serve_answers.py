@@ -173,3 +173,29 @@ def test_challenger_gets_its_fraction_only_when_it_exists() -> None:
 def test_traffic_split(champion: bool, challenger: bool, split: dict[str, float]) -> None:
     """The reported split follows which variants are loaded."""
     assert traffic_split(0.25, has_champion=champion, has_challenger=challenger) == split
+
+
+def test_prediction_event_built_unvalidated_equals_the_validated_record() -> None:
+    """The log record built without validation serialises exactly as a validated one."""
+    from datetime import UTC, datetime
+
+    from libs.common.schemas import ModelRef, PredictionMade
+    from services.serve.core.predict import prediction_event
+    from services.serve.schemas import PredictionAnswer
+
+    answer = PredictionAnswer(
+        prediction_id="p-1",
+        entity_id="e-1",
+        score=0.25,
+        model=ModelRef(name="default", version="3", variant="champion"),
+        degraded=True,
+        reasons=["partial_features"],
+        feature_freshness_s=0.5,
+        latency_ms=1.0,
+    )
+    at = datetime(2026, 12, 3, 5, 30, tzinfo=UTC)
+    built = prediction_event(answer, {"v.a": 1.0, "v.b": None, "v.c": "x"}, at)
+    round_trip = PredictionMade.from_bytes(built.to_bytes())
+    assert round_trip == built
+    assert round_trip.model_dump() == PredictionMade.model_validate(built.model_dump()).model_dump()
+    assert (round_trip.event_id, round_trip.produced_at, round_trip.shadow) == ("p-1", at, False)

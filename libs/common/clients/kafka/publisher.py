@@ -31,11 +31,15 @@ class KafkaPublisher:
         timeout_s: float = 10.0,
         acks: int | str = "all",
         policy: Policy | None = None,
+        linger_ms: int = 5,
+        max_batch_bytes: int = 16384,
     ) -> None:
         self._bootstrap = bootstrap
         self._client_id = client_id
         self._timeout_s = timeout_s
         self._acks = acks
+        self._linger_ms = linger_ms
+        self._max_batch_bytes = max_batch_bytes
         # One attempt: aiokafka already retries a send within request_timeout; a second
         # attempt would only double how long an HTTP client waits for its 503.
         self.policy = policy or Policy("kafka", timeout_s=timeout_s + 1, attempts=1)
@@ -57,7 +61,8 @@ class KafkaPublisher:
             bootstrap_servers=self._bootstrap,
             client_id=self._client_id,
             acks=self._acks,
-            linger_ms=5,
+            linger_ms=self._linger_ms,
+            max_batch_size=self._max_batch_bytes,
             request_timeout_ms=int(self._timeout_s * 1000),
             enable_idempotence=False,
         )

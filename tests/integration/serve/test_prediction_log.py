@@ -4,7 +4,6 @@ and every record accounted for (sent, given up, dropped or still queued)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -13,6 +12,7 @@ from libs.common.schemas import ModelRef, PredictionMade, new_id
 from libs.common.settings import Settings
 from libs.common.testing import paused
 from services.serve.adapters.prediction_log import KafkaPredictionLog
+from tests.integration.serve.stack import wait_for
 
 
 def _prediction(n: int) -> PredictionMade:
@@ -26,14 +26,6 @@ def _prediction(n: int) -> PredictionMade:
         degraded=False,
         reasons=[],
     )
-
-
-async def _until(check, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s:.0f}s: {what}")
-        await asyncio.sleep(0.1)
 
 
 async def _logged_ids(settings: Settings) -> Counter[str]:
@@ -61,14 +53,16 @@ async def test_broker_paused_records_are_retried_and_all_arrive(
         first = [_prediction(n) for n in range(200)]
         plog.emit([(p.entity_id, p) for p in first])
         emitted += [p.event_id for p in first]
-        await _until(lambda: plog.stats()["sent"] == 200, 30, "the first 200 sent")
+        await wait_for(lambda: plog.stats()["sent"] == 200, timeout_s=30, what="the first 200 sent")
         with paused(kafka_broker.pid):
             for k in range(4):
                 more = [_prediction(1000 * (k + 1) + n) for n in range(100)]
                 plog.emit([(p.entity_id, p) for p in more])
                 emitted += [p.event_id for p in more]
                 await asyncio.sleep(1.0)
-        await _until(lambda: plog.stats()["sent"] >= 600, 60, "every record acknowledged")
+        await wait_for(
+            lambda: plog.stats()["sent"] >= 600, timeout_s=60, what="every record acknowledged"
+        )
     finally:
         await plog.stop()
     stats = plog.stats()
@@ -93,7 +87,7 @@ async def test_records_given_up_or_dropped_are_counted_never_silent(
     try:
         plog.emit([(p.entity_id, p) for p in (_prediction(n) for n in range(20))])
         emitted += 20
-        await _until(lambda: plog.stats()["sent"] == 20, 30, "the first 20 sent")
+        await wait_for(lambda: plog.stats()["sent"] == 20, timeout_s=30, what="the first 20 sent")
         with paused(kafka_broker.pid):
             for _ in range(6):
                 plog.emit([(p.entity_id, p) for p in (_prediction(n) for n in range(40))])
@@ -101,8 +95,10 @@ async def test_records_given_up_or_dropped_are_counted_never_silent(
                 await asyncio.sleep(0.5)
             stats = plog.stats()
             assert stats["dropped"] > 0, "a full queue must drop and count"
-            await _until(lambda: plog.stats()["failed"] > 0, 20, "a batch given up")
-        await _until(lambda: plog.stats()["queued"] == 0, 60, "the queue drained")
+            await wait_for(
+                lambda: plog.stats()["failed"] > 0, timeout_s=20, what="a batch given up"
+            )
+        await wait_for(lambda: plog.stats()["queued"] == 0, timeout_s=60, what="the queue drained")
         await asyncio.sleep(1.0)
     finally:
         await plog.stop()

@@ -10,7 +10,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +22,6 @@ from fastapi import FastAPI
 from typer.testing import CliRunner
 
 from infra.cli import app as cli
-from libs.common.clients.kafka import ensure_topics
 from libs.common.clients.kafka.reader import read_to_end
 from libs.common.clients.redis import make_redis
 from libs.common.definitions import Definitions, load_definitions
@@ -30,12 +29,13 @@ from libs.common.net import free_port
 from libs.common.ratelimit import RedisRateLimiter
 from libs.common.registry import MlflowRegistry
 from libs.common.schemas import DeadLetter, ModelChanged, RetrainModel
-from libs.common.settings import Topics
+from libs.common.settings import Settings
 from libs.common.testing import paused
 from services.ingest.main import build_app as build_ingest
 from services.ingest.settings import IngestSettings
 from services.serve.app import build_service, create_app
 from services.serve.settings import ServeSettings
+from tests.integration.serve.stack import MakeServeSettings, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -70,16 +70,6 @@ def serving(app: FastAPI, port: int) -> Iterator[str]:
         thread.join(30)
 
 
-async def wait_for(check: Callable[[], Awaitable[Any]], timeout_s: float = 30.0) -> Any:
-    """Poll `check` until it returns something truthy; TimeoutError after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not (result := await check()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout_s:.0f}s")
-        await asyncio.sleep(0.25)
-    return result
-
-
 async def events_on(bootstrap: str, topic: str) -> list[ModelChanged]:
     return [ModelChanged.from_bytes(d.value) for d in await read_to_end(bootstrap, topic)]
 
@@ -100,50 +90,46 @@ class Stack:
 
 @pytest.fixture(scope="module", name="stack")
 async def _stack(
+    serve_settings: MakeServeSettings,
     redis_url: str,
-    kafka_bootstrap: str,
     mlflow_uri: str,
-    serve_definitions,
     train,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
     """Champion v1 and a registered v2 in MLflow; serve and ingest listening."""
     suffix = uuid.uuid4().hex[:8]
     tmp = tmp_path_factory.mktemp("admin")
-    definitions_path = serve_definitions(tmp, suffix)
-    definitions = load_definitions(definitions_path)
-    common: dict[str, Any] = {
-        "data_dir": tmp / "data",
-        "definitions": definitions_path,
-        "topics": Topics(**{k: f"{v}.{suffix}" for k, v in Topics().model_dump().items()}),
-        "kafka_bootstrap": kafka_bootstrap,
-        "kafka_partitions": 1,
-        "redis_url": redis_url,
-        "mlflow_tracking_uri": mlflow_uri,
-        "admin_token": TOKEN,
-        "api_keys": KEYS,
-        "serve_port": free_port(),
-        "ingest_port": free_port(),
-    }
-    serve_settings = ServeSettings(**common, registry_poll_s=0)
-    ingest_settings = IngestSettings(**common, consumer_group=f"ingest-{suffix}")
+    serve = await serve_settings(
+        tmp,
+        suffix,
+        kafka_partitions=1,
+        admin_token=TOKEN,
+        api_keys=KEYS,
+        serve_port=free_port(),
+        ingest_port=free_port(),
+        registry_poll_s=0,
+    )
+    # Ingest on serve's broker, topics, Redis, ports and keys: attributes, not a dump,
+    # since dumps leave the API keys out.
+    shared = {name: getattr(serve, name) for name in Settings.model_fields}
+    ingest = IngestSettings(**shared, consumer_group=f"ingest-{suffix}")
+    definitions = load_definitions(serve.definitions)
     registry = MlflowRegistry(mlflow_uri, str(tmp / "artifacts"))
     model = definitions.models[0]
     v1 = registry.register(model.name, train(model, 1), params={}, metrics={"auc": 0.6}, tags={})
     registry.promote(model.name, v1)
     registry.register(model.name, train(model, 2), params={}, metrics={"auc": 0.7}, tags={})
-    await ensure_topics(kafka_bootstrap, serve_settings.topics.all(), 1)
 
     serve_app = create_app(
-        build_service(serve_settings),
+        build_service(serve),
         manage_lifecycle=True,
         rate_limiter=RedisRateLimiter(make_redis(redis_url), prefix=f"rl:{suffix}:"),
     )
     with (
-        serving(serve_app, serve_settings.serve_port) as serve_url,
-        serving(build_ingest(ingest_settings), ingest_settings.ingest_port) as ingest_url,
+        serving(serve_app, serve.serve_port) as serve_url,
+        serving(build_ingest(ingest), ingest.ingest_port) as ingest_url,
     ):
-        yield Stack(serve_settings, ingest_settings, definitions, registry, serve_url, ingest_url)
+        yield Stack(serve, ingest, definitions, registry, serve_url, ingest_url)
 
 
 def admin_calls(model: str) -> list[tuple[str, str, str, dict[str, Any] | None]]:

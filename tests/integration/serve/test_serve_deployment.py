@@ -6,101 +6,27 @@ champion come last and the others read the current champion from the registry.
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from ray import serve
 
-from libs.common.clients.kafka import KafkaPublisher, ensure_topics
-from libs.common.clients.redis import RedisFeatureStore, StoredVector, make_redis
-from libs.common.definitions import Definitions, load_definitions
+from libs.common.clients.kafka import KafkaPublisher
 from libs.common.schemas import ModelChanged, PredictionMade
-from libs.common.settings import Topics
 from libs.common.testing import paused
-from services.serve.main import APP_NAME, deploy
-from services.serve.settings import ServeSettings
+from tests.integration.serve.stack import DeployChampion, Deployed, wait_for
 
 pytestmark = pytest.mark.integration
 TOKEN = "integration-admin-token"  # what tests/conftest.py puts in the Ray nodes' env
 
 
-@dataclass
-class Deployed:
-    settings: ServeSettings
-    definitions: Definitions
-    http: httpx.AsyncClient
-    known: str
-    unknown: str
-
-    @property
-    def model(self) -> str:
-        return self.definitions.models[0].name
-
-
-async def wait_for(check: Callable[[], Awaitable[Any]], timeout_s: float = 60.0) -> Any:
-    """Poll `check` until it returns something truthy; TimeoutError after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout_s:.0f}s")
-        await asyncio.sleep(0.25)
-
-
 @pytest.fixture(scope="module", name="deployed")
-async def _deployed(
-    ray_cluster: str,
-    serve_port: int,
-    redis_url: str,
-    kafka_bootstrap: str,
-    mlflow_uri: str,
-    register_model,
-    serve_definitions,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Deployed]:
+async def _deployed(deploy_champion: DeployChampion) -> AsyncIterator[Deployed]:
     """Register champion v1, store one entity's features, deploy, yield an HTTP client."""
-    suffix = uuid.uuid4().hex[:8]
-    tmp = tmp_path_factory.mktemp("serve")
-    definitions_path = serve_definitions(tmp, suffix)
-    definitions = load_definitions(definitions_path)
-    settings = ServeSettings(
-        data_dir=tmp / "data",
-        definitions=definitions_path,
-        topics=Topics(**{k: f"{v}.{suffix}" for k, v in Topics().model_dump().items()}),
-        kafka_bootstrap=kafka_bootstrap,
-        kafka_partitions=2,
-        redis_url=redis_url,
-        mlflow_tracking_uri=mlflow_uri,
-        ray_address=ray_cluster,
-        serve_port=serve_port,
-        admin_token=TOKEN,
-        serve_num_replicas=1,
-        registry_poll_s=600,  # so a swap in these tests can only come from the event
-    )
-    register_model(definitions.models[0], 1)
-    await ensure_topics(kafka_bootstrap, settings.topics.all(), settings.kafka_partitions)
-
-    known = f"dev-{suffix}"
-    store = RedisFeatureStore(make_redis(redis_url))
-    view = definitions.feature_views[0]
-    now = time.time()
-    values = {f.name: float(i) for i, f in enumerate(view.features)}
-    await store.write_vectors([(view.name, view.version, known, StoredVector(values, now, now))])
-    await store.close()
-
-    await asyncio.to_thread(deploy, settings, timeout_s=180)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{serve_port}", timeout=30) as http:
-        yield Deployed(settings, definitions, http, known, f"cold-{suffix}")
-    await asyncio.to_thread(serve.delete, APP_NAME)
+    # registry_poll_s: so a swap in these tests can only come from the event
+    async with deploy_champion("serve", admin_token=TOKEN, registry_poll_s=600) as deployed:
+        yield deployed
 
 
 def champion_version(mlflow_uri: str, name: str) -> str:
@@ -261,7 +187,6 @@ async def test_redis_paused_answers_degraded_never_5xx(deployed: Deployed, redis
         r = await deployed.http.post("/v1/predict", json={"entity_id": deployed.known})
         return r.status_code == 200 and r.json()["degraded"] is False
 
-    deadline = time.monotonic() + 60
-    while not await scored_again():
-        assert time.monotonic() < deadline, "serve did not recover after Redis came back"
-        await asyncio.sleep(0.5)
+    await wait_for(
+        scored_again, timeout_s=60, interval_s=0.5, what="serve recovers after Redis came back"
+    )

@@ -6,91 +6,51 @@ back over HTTP. No model is registered: feature reads do not need one.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
-import httpx
 import pytest
-from ray import serve
 
-from libs.common.clients.kafka import ensure_topics
-from libs.common.clients.redis import RedisFeatureStore, StoredVector, make_redis
-from libs.common.definitions import Definitions, load_definitions
-from libs.common.settings import Topics
+from libs.common.definitions import load_definitions
 from libs.common.testing import paused
-from services.serve.main import APP_NAME, deploy
-from services.serve.settings import ServeSettings
+from tests.integration.serve.stack import (
+    Deployed,
+    MakeServeSettings,
+    on_ray,
+    ordinal_values,
+    wait_for,
+    write_vectors,
+)
 
 pytestmark = pytest.mark.integration
 LIMIT = 5
 
 
-@dataclass
-class Deployed:
-    definitions: Definitions
-    http: httpx.AsyncClient
-    suffix: str
-    written_at: float
-
-    @property
-    def view(self) -> str:
-        return self.definitions.feature_views[0].name
-
-
 @pytest.fixture(scope="module", name="deployed")
 async def _deployed(
-    ray_cluster: str,
-    serve_port: int,
-    redis_url: str,
-    kafka_bootstrap: str,
-    mlflow_uri: str,
-    serve_definitions,
-    tmp_path_factory: pytest.TempPathFactory,
+    ray_serve_settings: MakeServeSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Deployed]:
     """Write two entities' vectors to Redis, deploy serve, yield an HTTP client."""
     suffix = uuid.uuid4().hex[:8]
-    tmp = tmp_path_factory.mktemp("serve-features")
-    definitions_path = serve_definitions(tmp, suffix)
-    definitions = load_definitions(definitions_path)
-    settings = ServeSettings(
-        data_dir=tmp / "data",
-        definitions=definitions_path,
-        topics=Topics(**{k: f"{v}.{suffix}" for k, v in Topics().model_dump().items()}),
-        kafka_bootstrap=kafka_bootstrap,
+    settings = await ray_serve_settings(
+        tmp_path_factory.mktemp("serve-features"),
+        suffix,
         kafka_partitions=1,
-        redis_url=redis_url,
-        mlflow_tracking_uri=mlflow_uri,
-        ray_address=ray_cluster,
-        serve_port=serve_port,
-        serve_num_replicas=1,
         features_batch_max=LIMIT,
         registry_startup_wait_s=1,
         registry_poll_s=0,
         breaker_reset_s=1,  # the Redis-paused test must not leave reads failing long
     )
-    await ensure_topics(kafka_bootstrap, settings.topics.all(), settings.kafka_partitions)
+    definitions = load_definitions(settings.definitions)
 
     # Two entities' vectors, as the features service writes them; one holds a string.
-    view = definitions.feature_views[0]
-    now = time.time()
-    values: dict[str, float | str | None] = {f.name: float(i) for i, f in enumerate(view.features)}
-    values[view.features[0].name] = "ok"  # a categorical `last` is stored as a string
-    store = RedisFeatureStore(make_redis(redis_url))
-    await store.write_vectors(
-        [
-            (view.name, view.version, f"a-{suffix}", StoredVector(values, now - 60, now)),
-            (view.name, view.version, f"b-{suffix}", StoredVector(values, now - 60, now)),
-        ]
-    )
-    await store.close()
+    values = ordinal_values(definitions)
+    values[definitions.feature_views[0].features[0].name] = "ok"  # a categorical `last`
+    entities = [f"a-{suffix}", f"b-{suffix}"]
+    await write_vectors(settings.redis_url, definitions, [(e, values) for e in entities], age_s=60)
 
-    await asyncio.to_thread(deploy, settings, timeout_s=120)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{serve_port}", timeout=30) as http:
-        yield Deployed(definitions, http, suffix, now)
-    await asyncio.to_thread(serve.delete, APP_NAME)
+    async with on_ray(settings, timeout_s=120) as http:
+        yield Deployed(settings, definitions, http, suffix)
 
 
 async def test_reads_back_what_redis_holds(deployed: Deployed) -> None:
@@ -133,8 +93,9 @@ async def test_redis_paused_is_503_with_retry_after(deployed: Deployed, redis_se
         r = await deployed.http.get(f"/v1/features/a-{deployed.suffix}")
     assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
     assert r.json()["error"] == "feature_store_unavailable"
+
     # Bounded wait for the breaker (reset 1 s) to let reads through again.
-    deadline = time.monotonic() + 15
-    while (await deployed.http.get(f"/v1/features/a-{deployed.suffix}")).status_code != 200:
-        assert time.monotonic() < deadline, "feature reads did not recover after Redis resumed"
-        await asyncio.sleep(0.25)
+    async def reads_again() -> bool:
+        return (await deployed.http.get(f"/v1/features/a-{deployed.suffix}")).status_code == 200
+
+    await wait_for(reads_again, timeout_s=15, what="feature reads recover after Redis resumed")

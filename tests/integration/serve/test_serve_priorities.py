@@ -7,22 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from ray import serve
 
-from libs.common.clients.kafka import ensure_topics
-from libs.common.clients.redis import RedisFeatureStore, StoredVector, make_redis
-from libs.common.definitions import Definitions, load_definitions
-from libs.common.settings import Topics
 from libs.common.testing import paused
-from services.serve.main import APP_NAME, deploy
-from services.serve.settings import ServeSettings
+from tests.integration.serve.stack import DeployChampion, Deployed, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,55 +22,15 @@ pytestmark = pytest.mark.integration
 # held requests stay in flight however slow the machine is.
 FEATURE_TIMEOUT_S = 30.0
 SHED_WITHIN_S = 5.0  # "at once": well before any request could have timed out
-
-
-@dataclass
-class Deployed:
-    settings: ServeSettings
-    definitions: Definitions
-    http: httpx.AsyncClient
-    known: str
-
-
-async def wait_for(check: Callable[[], Awaitable[Any]], timeout_s: float = 30.0) -> Any:
-    """Poll `check` until it returns something truthy; TimeoutError after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout_s:.0f}s")
-        await asyncio.sleep(0.05)
+POLL_S = 0.05  # how often a test reads the replica's counts while requests are held
 
 
 @pytest.fixture(scope="module", name="deployed")
-async def _deployed(
-    ray_cluster: str,
-    serve_port: int,
-    redis_url: str,
-    kafka_bootstrap: str,
-    mlflow_uri: str,
-    register_model,
-    serve_definitions,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Deployed]:
+async def _deployed(deploy_champion: DeployChampion) -> AsyncIterator[Deployed]:
     """One replica with small class limits (low 2, normal 4, hard cap 64) and queues."""
-    suffix = uuid.uuid4().hex[:8]
-    tmp = tmp_path_factory.mktemp("serve-priorities")
-    definitions_path = serve_definitions(tmp, suffix)
-    definitions = load_definitions(definitions_path)
-    settings = ServeSettings(
-        data_dir=tmp / "data",
-        definitions=definitions_path,
-        topics=Topics(**{k: f"{v}.{suffix}" for k, v in Topics().model_dump().items()}),
-        kafka_bootstrap=kafka_bootstrap,
-        kafka_partitions=2,
-        redis_url=redis_url,
-        mlflow_tracking_uri=mlflow_uri,
-        ray_address=ray_cluster,
-        serve_port=serve_port,
-        serve_num_replicas=1,
+    async with deploy_champion(
+        "serve-priorities",
+        client_timeout_s=60,
         registry_poll_s=600,
         priority_low_limit=2,
         priority_normal_limit=4,
@@ -90,21 +42,8 @@ async def _deployed(
         serve_default_deadline_ms=30_000,
         feature_timeout_s=FEATURE_TIMEOUT_S,
         breaker_fail_max=1000,  # keep reads waiting on frozen Redis, not failing fast
-    )
-    register_model(definitions.models[0], 1)
-    await ensure_topics(kafka_bootstrap, settings.topics.all(), settings.kafka_partitions)
-    known = f"dev-{suffix}"
-    store = RedisFeatureStore(make_redis(redis_url))
-    view = definitions.feature_views[0]
-    now = time.time()
-    values: dict[str, float | str | None] = {f.name: float(i) for i, f in enumerate(view.features)}
-    await store.write_vectors([(view.name, view.version, known, StoredVector(values, now, now))])
-    await store.close()
-
-    await asyncio.to_thread(deploy, settings, timeout_s=180)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{serve_port}", timeout=60) as http:
-        yield Deployed(settings, definitions, http, known)
-    await asyncio.to_thread(serve.delete, APP_NAME)
+    ) as deployed:
+        yield deployed
 
 
 async def _health(deployed: Deployed) -> dict[str, Any]:
@@ -134,7 +73,7 @@ async def test_overload_sheds_low_then_normal_and_serves_high(
         async def four_in_flight() -> bool:
             return (await _health(deployed))["in_flight"] == 4
 
-        await wait_for(four_in_flight)
+        await wait_for(four_in_flight, interval_s=POLL_S)
 
         # Low is over its limit and has no queue: shed at once, never held to a timeout.
         started = time.monotonic()
@@ -150,7 +89,7 @@ async def test_overload_sheds_low_then_normal_and_serves_high(
         async def two_queued() -> bool:
             return (await _health(deployed))["queued"]["normal"] == 2
 
-        await wait_for(two_queued)
+        await wait_for(two_queued, interval_s=POLL_S)
         full = await predict("normal")
         assert (full.status_code, full.json()["error"]) == (503, "overloaded")
         assert "queue full" in full.json()["message"]
@@ -161,7 +100,7 @@ async def test_overload_sheds_low_then_normal_and_serves_high(
         async def five_in_flight() -> bool:
             return (await _health(deployed))["in_flight"] == 5
 
-        await wait_for(five_in_flight)
+        await wait_for(five_in_flight, interval_s=POLL_S)
 
     # Redis answers again: the held, queued and high requests are all answered.
     assert (await high).status_code == 200
@@ -190,7 +129,7 @@ async def test_deadline_passing_in_the_queue_skips_the_work(
         async def four_in_flight() -> bool:
             return (await _health(deployed))["in_flight"] == 4
 
-        await wait_for(four_in_flight)
+        await wait_for(four_in_flight, interval_s=POLL_S)
         before = await _health(deployed)
         late = await deployed.http.post(
             "/v1/predict", json={"entity_id": deployed.known}, headers={"X-Deadline-Ms": "200"}

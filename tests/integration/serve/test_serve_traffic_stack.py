@@ -8,25 +8,25 @@ One deployment for the module; the test that swaps the champion comes last.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from ray import serve
 
-from libs.common.clients.kafka import KafkaPublisher, ensure_topics
-from libs.common.clients.redis import RedisFeatureStore, StoredVector, make_redis
+from libs.common.clients.kafka import KafkaPublisher
 from libs.common.definitions import Definitions, load_definitions
 from libs.common.registry import MlflowRegistry
 from libs.common.schemas import ModelChanged, PredictionMade
-from libs.common.settings import Topics
-from services.serve.main import APP_NAME, deploy
-from services.serve.settings import ServeSettings
+from tests.integration.serve.stack import (
+    Deployed,
+    MakeServeSettings,
+    on_ray,
+    wait_for,
+    write_vectors,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -34,30 +34,11 @@ ENTITIES = 600
 
 
 @dataclass
-class Deployed:
-    settings: ServeSettings
-    definitions: Definitions
-    http: httpx.AsyncClient
+class TrafficDeployed(Deployed):
+    """The module's app, with its registry and the entities whose features are stored."""
+
     registry: MlflowRegistry
     entities: list[str]
-    kafka_bootstrap: str
-    redis_url: str
-
-    @property
-    def model(self) -> str:
-        return self.definitions.models[0].name
-
-
-async def wait_for(check: Callable[[], Awaitable[Any]], timeout_s: float = 60.0) -> Any:
-    """Poll `check` until it returns something truthy; TimeoutError after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout_s:.0f}s")
-        await asyncio.sleep(0.25)
 
 
 def values_of(definitions: Definitions, k: int) -> dict[str, float]:
@@ -66,23 +47,8 @@ def values_of(definitions: Definitions, k: int) -> dict[str, float]:
     return {f.name: float((k * 7 + i * 13) % 50) / 10 for i, f in enumerate(view.features)}
 
 
-async def write_vectors(
-    redis_url: str, definitions: Definitions, items: list[tuple[str, dict[str, float]]]
-) -> None:
-    """Store each entity's vector of the first view, written now."""
-    store = RedisFeatureStore(make_redis(redis_url))
-    view = definitions.feature_views[0]
-    now = time.time()
-    try:
-        await store.write_vectors(
-            [(view.name, view.version, e, StoredVector(dict(v), now, now)) for e, v in items]
-        )
-    finally:
-        await store.close()
-
-
-async def publish_event(deployed: Deployed, event: ModelChanged) -> None:
-    publisher = KafkaPublisher(deployed.kafka_bootstrap, client_id="serve-traffic-test")
+async def publish_event(deployed: TrafficDeployed, event: ModelChanged) -> None:
+    publisher = KafkaPublisher(deployed.settings.kafka_bootstrap, client_id="serve-traffic-test")
     await publisher.start()
     try:
         await publisher.publish(deployed.settings.topics.models, event, key=event.model)
@@ -90,7 +56,7 @@ async def publish_event(deployed: Deployed, event: ModelChanged) -> None:
         await publisher.stop()
 
 
-async def set_traffic(deployed: Deployed, fraction: float, shadow: bool) -> dict[str, Any]:
+async def set_traffic(deployed: TrafficDeployed, fraction: float, shadow: bool) -> dict[str, Any]:
     """Store the settings as the admin API does (registry tags, then a traffic_changed
     event), and wait until the replica reports them."""
     registry = deployed.registry
@@ -110,7 +76,7 @@ async def set_traffic(deployed: Deployed, fraction: float, shadow: bool) -> dict
     return dict(await wait_for(applied, timeout_s=30))
 
 
-async def predict_all(deployed: Deployed, entities: list[str]) -> list[dict[str, Any]]:
+async def predict_all(deployed: TrafficDeployed, entities: list[str]) -> list[dict[str, Any]]:
     r = await deployed.http.post(
         "/v1/predict/batch", json={"requests": [{"entity_id": e} for e in entities]}
     )
@@ -119,12 +85,12 @@ async def predict_all(deployed: Deployed, entities: list[str]) -> list[dict[str,
 
 
 async def read_predictions(
-    deployed: Deployed, done: Callable[[dict[str, PredictionMade]], bool]
+    deployed: TrafficDeployed, done: Callable[[dict[str, PredictionMade]], bool]
 ) -> dict[str, PredictionMade]:
     """Every PredictionMade on the predictions topic, by event id, once `done` says so."""
     topic = deployed.settings.topics.predictions
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=deployed.kafka_bootstrap, group_id=None, enable_auto_commit=False
+        bootstrap_servers=deployed.settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
     )
     await consumer.start()
     seen: dict[str, PredictionMade] = {}
@@ -148,37 +114,23 @@ async def read_predictions(
 
 @pytest.fixture(scope="module", name="deployed")
 async def _deployed(
-    ray_cluster: str,
-    serve_port: int,
-    redis_url: str,
-    kafka_bootstrap: str,
-    mlflow_uri: str,
+    ray_serve_settings: MakeServeSettings,
     register_model,
-    serve_definitions,
     train,
     tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Deployed]:
+) -> AsyncIterator[TrafficDeployed]:
     """Champion v1 and challenger v2 registered, 600 entities' features stored, one replica."""
     suffix = uuid.uuid4().hex[:8]
     tmp = tmp_path_factory.mktemp("serve-traffic")
-    definitions_path = serve_definitions(tmp, suffix)
-    definitions = load_definitions(definitions_path)
-    settings = ServeSettings(
-        data_dir=tmp / "data",
-        definitions=definitions_path,
-        topics=Topics(**{k: f"{v}.{suffix}" for k, v in Topics().model_dump().items()}),
-        kafka_bootstrap=kafka_bootstrap,
-        kafka_partitions=2,
-        redis_url=redis_url,
-        mlflow_tracking_uri=mlflow_uri,
-        ray_address=ray_cluster,
-        serve_port=serve_port,
-        serve_num_replicas=1,
+    settings = await ray_serve_settings(
+        tmp,
+        suffix,
         registry_poll_s=600,  # changes reach the replica through events only
         challenger_fraction=0.0,
     )
+    definitions = load_definitions(settings.definitions)
     model = definitions.models[0]
-    registry = MlflowRegistry(mlflow_uri, str(tmp / "artifacts"))
+    registry = MlflowRegistry(settings.tracking_uri, str(tmp / "artifacts"))
     assert register_model(model, 1) == "1"
     challenger = await asyncio.to_thread(
         registry.register, model.name, train(model, 2), params={}, metrics={}, tags={}
@@ -186,19 +138,18 @@ async def _deployed(
     await asyncio.to_thread(
         registry._client.set_registered_model_alias, model.name, "challenger", challenger
     )
-    await ensure_topics(kafka_bootstrap, settings.topics.all(), settings.kafka_partitions)
     entities = [f"dev-{suffix}-{k}" for k in range(ENTITIES)]
     await write_vectors(
-        redis_url, definitions, [(e, values_of(definitions, k)) for k, e in enumerate(entities)]
+        settings.redis_url,
+        definitions,
+        [(e, values_of(definitions, k)) for k, e in enumerate(entities)],
     )
 
-    await asyncio.to_thread(deploy, settings, timeout_s=180)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{serve_port}", timeout=30) as http:
-        yield Deployed(settings, definitions, http, registry, entities, kafka_bootstrap, redis_url)
-    await asyncio.to_thread(serve.delete, APP_NAME)
+    async with on_ray(settings) as http:
+        yield TrafficDeployed(settings, definitions, http, suffix, registry, entities)
 
 
-async def test_split_follows_the_registry_and_sticks_per_entity(deployed: Deployed) -> None:
+async def test_split_follows_the_registry_and_sticks_per_entity(deployed: TrafficDeployed) -> None:
     """A 0.3 split set in the registry: about 30% of entities are answered by the
     challenger, each entity by the same variant every time, and the log says which."""
     view = await set_traffic(deployed, 0.3, False)
@@ -220,7 +171,7 @@ async def test_split_follows_the_registry_and_sticks_per_entity(deployed: Deploy
     assert not any(logged[pid].shadow for pid in answered)
 
 
-async def test_shadow_scores_are_logged_and_never_returned(deployed: Deployed) -> None:
+async def test_shadow_scores_are_logged_and_never_returned(deployed: TrafficDeployed) -> None:
     """Shadow on: every answer is the champion's; the challenger's score of the same row
     is on the predictions topic as its own record marked shadow, never answered."""
     view = await set_traffic(deployed, 0.3, True)
@@ -249,7 +200,7 @@ async def test_shadow_scores_are_logged_and_never_returned(deployed: Deployed) -
 
 
 async def test_cache_never_serves_stale_features_or_a_stale_model(
-    deployed: Deployed, register_model
+    deployed: TrafficDeployed, register_model
 ) -> None:
     """A repeat is a cache hit with the same score; after a feature update and after a
     new champion, the answer is the model's own score on the current inputs."""
@@ -278,7 +229,7 @@ async def test_cache_never_serves_stale_features_or_a_stale_model(
 
     # A feature update: the next answer is the score of the new values.
     new_values = {k: v + 3.0 for k, v in values_of(deployed.definitions, 0).items()}
-    await write_vectors(deployed.redis_url, deployed.definitions, [(entity, new_values)])
+    await write_vectors(deployed.settings.redis_url, deployed.definitions, [(entity, new_values)])
     updated = await one({"entity_id": entity})
     assert updated["score"] == await scored_fresh(new_values)
     assert updated["score"] != first["score"]
@@ -294,7 +245,7 @@ async def test_cache_never_serves_stale_features_or_a_stale_model(
         body = await one({"entity_id": entity})
         return body if body["model"]["version"] == version else None
 
-    swapped = await wait_for(serves_new)
+    swapped = await wait_for(serves_new, timeout_s=60)
     assert swapped["score"] == await scored_fresh(new_values)
     assert swapped["score"] != updated["score"]
     stats = (await deployed.http.get("/healthz")).json()["prediction_cache"]

@@ -6,10 +6,8 @@ Real MLflow (SQLite), Redis and Kafka; training joins the synthetic history in p
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,19 +19,16 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from libs.common.clients.kafka import ensure_topics
-from libs.common.clients.redis import RedisFeatureStore, StoredVector, make_redis
 from libs.common.definitions import Definitions, load_definitions
 from libs.common.offline import OfflineStore
 from libs.common.registry import MlflowRegistry, ModelIntegrityError
 from libs.common.registry.mlflow import COMPANION_FILE, COMPANION_META, COMPANION_SHA256_TAG
-from libs.common.settings import Topics
 from services.retrain.bootstrap import write_synthetic_history
 from services.retrain.settings import RetrainSettings
 from services.retrain.train import train_model
 from services.serve.app import build_service, create_app
 from services.serve.service import InferenceService
-from services.serve.settings import ServeSettings
+from tests.integration.serve.stack import MakeServeSettings, on_ray, write_vectors
 
 pytestmark = pytest.mark.integration
 
@@ -106,21 +101,12 @@ def test_a_version_stores_its_companion_checked_by_sha256(trained: Trained) -> N
 
 @pytest.fixture(name="served")
 async def _served(
-    trained: Trained, redis_url: str, kafka_bootstrap: str, mlflow_uri: str, tmp_path: Path
+    trained: Trained, serve_settings: MakeServeSettings, tmp_path: Path
 ) -> AsyncIterator[tuple[InferenceService, httpx.AsyncClient]]:
     """Serve's service with its real adapters, started, and an HTTP client to its app."""
-    suffix = trained.suffix
-    settings = ServeSettings(
-        data_dir=tmp_path / "data",
-        definitions=trained.definitions_path,
-        topics=Topics(**{k: f"{v}.{suffix}" for k, v in Topics().model_dump().items()}),
-        kafka_bootstrap=kafka_bootstrap,
-        kafka_partitions=2,
-        redis_url=redis_url,
-        mlflow_tracking_uri=mlflow_uri,
-        registry_poll_s=0,
+    settings = await serve_settings(
+        tmp_path, trained.suffix, definitions=trained.definitions_path, registry_poll_s=0
     )
-    await ensure_topics(kafka_bootstrap, settings.topics.all(), settings.kafka_partitions)
     service = build_service(settings)
     await service.start()
     try:
@@ -135,11 +121,7 @@ async def _served(
 async def _put(redis_url: str, definitions: Definitions, entity: str) -> dict[str, float]:
     view = definitions.feature_views[0]
     values = {f.name: float(i % 3) for i, f in enumerate(view.features)}
-    stored: dict[str, float | str | None] = dict(values)
-    store = RedisFeatureStore(make_redis(redis_url))
-    now = time.time()
-    await store.write_vectors([(view.name, view.version, entity, StoredVector(stored, now, now))])
-    await store.close()
+    await write_vectors(redis_url, definitions, [(entity, values)])
     return {f"{view.name}.{k}": v for k, v in values.items()}
 
 
@@ -214,51 +196,31 @@ async def test_partial_inputs_the_companion_covers_are_answered_by_it(
 
 async def test_a_deployed_replica_answers_with_the_companion_past_the_budget(
     trained: Trained,
-    ray_cluster: str,
-    serve_port: int,
+    ray_serve_settings: MakeServeSettings,
     redis_url: str,
-    kafka_bootstrap: str,
-    mlflow_uri: str,
     tmp_path: Path,
 ) -> None:
     """On Ray Serve over real HTTP, a main model that cannot answer within its budget (here
     1 µs, which no predict meets) is answered by the companion, degraded, never a 5xx."""
-    from ray import serve
-
-    from services.serve.main import APP_NAME, deploy
-
-    suffix = trained.suffix
-    settings = ServeSettings(
-        data_dir=tmp_path / "data",
+    settings = await ray_serve_settings(
+        tmp_path,
+        trained.suffix,
         definitions=trained.definitions_path,
-        topics=Topics(**{k: f"{v}.{suffix}" for k, v in Topics().model_dump().items()}),
-        kafka_bootstrap=kafka_bootstrap,
-        kafka_partitions=2,
-        redis_url=redis_url,
-        mlflow_tracking_uri=mlflow_uri,
-        ray_address=ray_cluster,
-        serve_port=serve_port,
-        serve_num_replicas=1,
         serve_model_timeout_ms=0.001,
     )
-    await ensure_topics(kafka_bootstrap, settings.topics.all(), settings.kafka_partitions)
     entity = f"dev-{uuid.uuid4().hex[:8]}"
     await _put(redis_url, trained.definitions, entity)
-    await asyncio.to_thread(deploy, settings, timeout_s=180)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{serve_port}", timeout=30) as http:
-            answers = []
-            for _ in range(5):
-                r = await http.post("/v1/predict", json={"entity_id": entity})
-                assert r.status_code == 200, r.text
-                answers.append(r.json())
-            assert {tuple(a["reasons"]) for a in answers} == {("model_timeout", "companion")}
-            assert {a["model"]["variant"] for a in answers} == {"fallback"}
-            assert {a["model"]["version"] for a in answers} == {trained.version}
-            r = await http.post("/v1/predict/batch", json={"requests": [{"entity_id": entity}] * 3})
+    async with on_ray(settings) as http:
+        answers = []
+        for _ in range(5):
+            r = await http.post("/v1/predict", json={"entity_id": entity})
             assert r.status_code == 200, r.text
-            assert {tuple(p["reasons"]) for p in r.json()["predictions"]} == {
-                ("model_timeout", "companion")
-            }
-    finally:
-        await asyncio.to_thread(serve.delete, APP_NAME)
+            answers.append(r.json())
+        assert {tuple(a["reasons"]) for a in answers} == {("model_timeout", "companion")}
+        assert {a["model"]["variant"] for a in answers} == {"fallback"}
+        assert {a["model"]["version"] for a in answers} == {trained.version}
+        r = await http.post("/v1/predict/batch", json={"requests": [{"entity_id": entity}] * 3})
+        assert r.status_code == 200, r.text
+        assert {tuple(p["reasons"]) for p in r.json()["predictions"]} == {
+            ("model_timeout", "companion")
+        }

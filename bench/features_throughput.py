@@ -21,6 +21,7 @@ offline store on) and polls its consumer group's committed offsets:
     .venv/bin/python bench/features_throughput.py --seconds 5 --entities 5000 \
         --fresh-seconds 10                                              # quick, < 2 min
     .venv/bin/python bench/features_throughput.py --only a --profile /tmp/features
+    .venv/bin/python bench/features_throughput.py --only a --seconds 60 --workers 2
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+import psutil
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
@@ -197,7 +199,9 @@ class Service:
     metrics_port: int
 
     @classmethod
-    def start(cls, st: Stack, topic: str, group: str, log: Path) -> Service:
+    def start(
+        cls, st: Stack, topic: str, group: str, log: Path, *, workers: int = 1, batch: int = 2000
+    ) -> Service:
         port = free_port()
         env = {
             **os.environ,
@@ -211,6 +215,8 @@ class Service:
             "SIGNALOPS_CONSUMER_GROUP": group,
             "SIGNALOPS_FEATURES_METRICS_PORT": str(port),
             "SIGNALOPS_LOG_LEVEL": "WARNING",
+            "SIGNALOPS_FEATURES_WORKERS": str(workers),
+            "SIGNALOPS_BATCH_RECORDS": str(batch),
         }
         with open(log, "ab") as out:
             proc = subprocess.Popen(
@@ -229,6 +235,20 @@ class Service:
 
     def stop(self) -> None:
         _stop(self.proc)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the service process and its children so far."""
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return math.nan
+        total = 0.0
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
 
 
 class Offsets:
@@ -258,6 +278,9 @@ class Drain:
     rate: float  # signals/s over that span (first batch excluded)
     slowest_10s: float  # lowest rate over any 10 s window
     samples: list[tuple[float, int]]
+    # CPU seconds the service processes (all workers) used over the same span: signals
+    # per CPU second holds up when other work shares the machine, a rate does not.
+    cpu_s: float = math.nan
 
 
 async def drain(
@@ -272,6 +295,7 @@ async def drain(
     """Poll the group's commits from `start` until `total`; the clock starts at the
     first commit past `start` (so the service's import and group join are not in it)."""
     samples: list[tuple[float, int]] = []
+    cpu: list[float] = []
     deadline = time.monotonic() + timeout_s
     spy: subprocess.Popen[bytes] | None = None
     try:
@@ -282,6 +306,7 @@ async def drain(
             now = time.perf_counter()
             if done > start:
                 samples.append((now, done))
+                cpu.append(service.cpu_seconds())
                 if profile is not None and spy is None:
                     spy = _py_spy(service.proc.pid, *profile)
             if done >= total:
@@ -294,7 +319,7 @@ async def drain(
             spy.wait()
     (t0, c0), (t1, c1) = samples[0], samples[-1]
     rate = (c1 - c0) / (t1 - t0) if t1 > t0 else math.inf
-    return Drain(total - start, t1 - t0, rate, _slowest(samples, 10.0), samples)
+    return Drain(total - start, t1 - t0, rate, _slowest(samples, 10.0), samples, cpu[-1] - cpu[0])
 
 
 def _slowest(samples: list[tuple[float, int]], window_s: float) -> float:
@@ -346,6 +371,28 @@ async def wait_started(offsets: Offsets, service: Service, st: Stack, topic: str
     raise TimeoutError("the service did not consume the warm-up signal in 120 s")
 
 
+async def bare_consume(bootstrap: str, topic: str, n: int, max_records: int) -> float:
+    """Signals/s of a plain aiokafka consumer reading the same `n` records from the start
+    (no group, no decoding, nothing written): the floor of any consumer of the topic on
+    this machine at this moment, to read the service's rate against.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", max_poll_records=max_records
+    )
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        seen, started = 0, time.perf_counter()
+        while seen < n:
+            batches = await consumer.getmany(timeout_ms=1000)
+            seen += sum(len(recs) for recs in batches.values())
+        return seen / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
 # scenarios --------------------------------------------------------------------------
 
 
@@ -360,7 +407,9 @@ async def scenario_a(st: Stack, args: argparse.Namespace, logs: Path) -> dict[st
     build_s = time.perf_counter() - built
     if args.paced_a:
         async with Offsets(st.bootstrap) as offsets:
-            service = Service.start(st, topic, group, logs / "a.log")
+            service = Service.start(
+                st, topic, group, logs / "a.log", workers=args.workers, batch=args.batch_records
+            )
             try:
                 start = await wait_started(offsets, service, st, topic)
                 spy = _py_spy(service.proc.pid, *profile) if profile else None
@@ -369,15 +418,24 @@ async def scenario_a(st: Stack, args: argparse.Namespace, logs: Path) -> dict[st
                     spy.wait()
             finally:
                 service.stop()
-        return {"signals": n, "entities": args.entities, "mode": "paced", **paced}
+        return {
+            "signals": n,
+            "entities": args.entities,
+            "mode": "paced",
+            "workers": args.workers,
+            **paced,
+        }
     produce_s = await produce(st.bootstrap, topic, recs)
     del recs
     async with Offsets(st.bootstrap) as offsets:
-        service = Service.start(st, topic, group, logs / "a.log")
+        service = Service.start(
+            st, topic, group, logs / "a.log", workers=args.workers, batch=args.batch_records
+        )
         try:
             d = await drain(offsets, service, 0, n, profile=profile)
         finally:
             service.stop()
+    bare = await bare_consume(st.bootstrap, topic, n, args.batch_records)
     return {
         "signals": n,
         "entities": args.entities,
@@ -390,6 +448,11 @@ async def scenario_a(st: Stack, args: argparse.Namespace, logs: Path) -> dict[st
         "slowest_10s_rate": None if math.isnan(d.slowest_10s) else round(d.slowest_10s),
         "rate_by_quarter": _quarters(d.samples),
         "max_lag": n,
+        "workers": args.workers,
+        "service_cpu_s": round(d.cpu_s, 1),
+        "signals_per_cpu_s": round(n / d.cpu_s) if d.cpu_s > 0 else None,
+        "bare_consume_rate": round(bare),
+        "ratio_to_bare_consume": round(d.rate / bare, 3),
     }
 
 
@@ -476,7 +539,7 @@ async def pace(
                         newest[key] = stamp_s
                     batch = batches.get(part) or producer.create_batch()
                     batches[part] = batch
-                    batch.append(key=key, value=value, timestamp=None)  # type: ignore[attr-defined]
+                    batch.append(key=key, value=value, timestamp=None)  # type: ignore[attr-defined,union-attr]
                 for part, batch in batches.items():
                     futures.append(await producer.send_batch(batch, service.topic, partition=part))  # type: ignore[arg-type]
                 sent = due
@@ -613,6 +676,13 @@ def report(
             row(label, "slowest 10 s signals/s", a["slowest_10s_rate"])
             row(label, "signals/s by quarter of the drain", a["rate_by_quarter"])
             row(label, "drain s / max lag", f"{a['drain_s']} / {a['max_lag']:,}")
+            row(
+                label,
+                "service CPU s / signals per CPU s",
+                f"{a['service_cpu_s']} / {a['signals_per_cpu_s']:,}",
+            )
+            row(label, "bare aiokafka consume signals/s", a["bare_consume_rate"])
+            row(label, "drain / bare consume", a["ratio_to_bare_consume"])
         else:
             row(label, "sent signals/s", a["sent_rate"], f"{RATE:,}")
             row(
@@ -630,8 +700,8 @@ def report(
             "ratio history / fresh",
             b["ratio"],
             f">= {HISTORY_RATIO}",
-            b["ratio"] >= HISTORY_RATIO,
-        )  # type: ignore[operator]
+            b["ratio"] >= HISTORY_RATIO,  # type: ignore[operator]  # a float
+        )
     if c := results.get("c"):
         label = f"c: {c['sent_rate']:,}/s for {c['seconds']} s, {c['entities']:,} entities"
         p99 = c["hist_p99_s"]
@@ -641,8 +711,8 @@ def report(
             "freshness p99 s (histogram)",
             p99,
             f"<= {FRESH_P99_S}",
-            p99 is not None and p99 <= FRESH_P99_S,
-        )  # type: ignore[operator]
+            p99 is not None and p99 <= FRESH_P99_S,  # type: ignore[operator]  # a float
+        )
         row(label, "share <= 250 ms (histogram)", c["hist_share_le_250ms"], ">= 0.99")
         row(
             label,
@@ -693,6 +763,12 @@ def main() -> None:
         "--profile", type=Path, help="a: py-spy raw stacks of the service to PATH.txt"
     )
     parser.add_argument("--profile-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="a: SIGNALOPS_FEATURES_WORKERS of the service"
+    )
+    parser.add_argument(
+        "--batch-records", type=int, default=2000, help="a: SIGNALOPS_BATCH_RECORDS"
+    )
     parser.add_argument("--logs", help="folder for the service logs (default: temporary)")
     asyncio.run(run(parser.parse_args()))
 

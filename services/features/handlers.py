@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from libs.common.features import codec
 from libs.common.features.engine import States
 from libs.common.observability import LATENCY, get_logger, tracer
 from libs.common.observability.tracing import producer_links
-from libs.common.offline import SIGNALS, OfflineStore, signal_row
+from libs.common.offline import SIGNALS, OfflineStore, signal_table
 from libs.common.resilience import Policy
 from libs.common.schemas import Signal
 from libs.common.settings import Topics
@@ -26,6 +27,7 @@ from services.features.core.updates import (
     TOO_LATE,
     Positioned,
     SourceBatch,
+    ValidSignal,
     ViewUpdate,
     plans_by_source,
     split_by_source,
@@ -61,7 +63,9 @@ class FeaturesHandler:
     def __post_init__(self) -> None:
         self._plans = plans_by_source(self.definitions)
 
-    async def on_valid_signals(self, batch: list[Delivery[Signal]]) -> list[ViewUpdate]:
+    async def on_valid_signals(
+        self, batch: list[Delivery[ValidSignal]] | list[Delivery[Signal]]
+    ) -> list[ViewUpdate]:
         """Handle one consumed batch; returns the views' updates.
 
         Order matters for at-least-once: the offline file and the dead letters are
@@ -76,9 +80,19 @@ class FeaturesHandler:
         ):
             return await self._handle(batch)
 
-    async def _handle(self, batch: list[Delivery[Signal]]) -> list[ViewUpdate]:
+    async def _handle(
+        self, batch: list[Delivery[ValidSignal]] | list[Delivery[Signal]]
+    ) -> list[ViewUpdate]:
         started = time.perf_counter()
-        records = [Positioned(d.message, d.topic, d.partition, d.offset) for d in batch]
+        records = [
+            Positioned(
+                m if isinstance(m := d.message, ValidSignal) else ValidSignal.of(m),
+                d.topic,
+                d.partition,
+                d.offset,
+            )
+            for d in batch
+        ]
         delivery_of = {id(r): d for r, d in zip(records, batch, strict=True)}
         sources, rejected = split_by_source(records, self.definitions, self._plans)
 
@@ -93,17 +107,29 @@ class FeaturesHandler:
             rejected.extend(self._too_late(source_batch, mine, too_late))
             metrics.record_applied(source_batch, mine)
 
+        letters = [
+            self.dead_letters.of(delivery_of[id(r)], why.reason, why.detail, source=r.signal.source)
+            for r, why in rejected
+        ]
+        # The offline file and the dead letters must be durable before the states are
+        # saved (a redelivery the states already hold is not written again); the file
+        # is written in a thread while this task encodes the states and vectors.
+        first = [asyncio.ensure_future(self.dead_letters.reject_many(letters))]
         if self.offline is not None and offline_rows:
-            await self.files.call_blocking(self._append_offline, offline_rows)
-        await self.dead_letters.reject_many(
-            [
-                self.dead_letters.of(
-                    delivery_of[id(r)], why.reason, why.detail, source=r.signal.source
-                )
-                for r, why in rejected
-            ]
-        )
-        await self._save(updates, records)
+            first.append(
+                asyncio.ensure_future(self.files.call_blocking(self._append_offline, offline_rows))
+            )
+        try:
+            await asyncio.sleep(0)  # the file write starts before the encoding
+            state_items, vector_items = self._encode(updates)
+        finally:
+            # Plain gather, not a TaskGroup: the consume loop must see the error itself
+            # (an outage is retried without limit), not an ExceptionGroup around it.
+            done = await asyncio.gather(*first, return_exceptions=True)
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        await self._save(state_items, vector_items, records)
         LATENCY.labels("features", "on_valid_signals").observe(time.perf_counter() - started)
         log.debug("batch_done", records=len(batch), rejected=len(rejected))
         return updates
@@ -127,7 +153,10 @@ class FeaturesHandler:
             out.append(per_view)
         return out
 
-    async def _save(self, updates: Sequence[ViewUpdate], records: Sequence[Positioned]) -> None:
+    def _encode(
+        self, updates: Sequence[ViewUpdate]
+    ) -> tuple[list[tuple[str, bytes]], list[tuple[str, int, str, StoredVector]]]:
+        """The states and vectors of every entity a batch touched, ready to save."""
         now = time.time()
         states: list[tuple[str, bytes]] = []
         vectors: list[tuple[str, int, str, StoredVector]] = []
@@ -142,11 +171,19 @@ class FeaturesHandler:
                 vec = u.vectors[i]
                 assert vec is not None
                 vectors.append((view.name, view.version, entity, StoredVector(vec, newest[i], now)))
+        return states, vectors
+
+    async def _save(
+        self,
+        states: Sequence[tuple[str, bytes]],
+        vectors: Sequence[tuple[str, int, str, StoredVector]],
+        records: Sequence[Positioned],
+    ) -> None:
         started = time.perf_counter()
         await self.redis.call(self.store.save, states, vectors)
         metrics.REDIS_WRITE.observe(time.perf_counter() - started)
         written = time.time()
-        arrivals = [(r.signal.ingested_at or r.signal.produced_at).timestamp() for r in records]
+        arrivals = [r.signal.arrival_ts for r in records]
         metrics.observe_freshness(written, arrivals)
 
     def _too_late(
@@ -161,7 +198,7 @@ class FeaturesHandler:
                 r,
                 RecordInvalid(
                     TOO_LATE,
-                    detail=f"event time is {newest[i] - r.signal.event_time.timestamp():.1f} s "
+                    detail=f"event time is {newest[i] - r.signal.ts:.1f} s "
                     f"before the entity's newest event, beyond the source's allowed lateness of "
                     f"{lateness:g} s; its windows are closed",
                 ),
@@ -179,12 +216,20 @@ class FeaturesHandler:
         for r in records:
             by_partition.setdefault((r.topic, r.partition), []).append(r)
         for (topic, partition), part in by_partition.items():
-            first, last = min(r.offset for r in part), max(r.offset for r in part)
-            self.offline.append(
-                SIGNALS,
-                [
-                    signal_row(r.signal, topic=topic, partition=partition, offset=r.offset)
-                    for r in part
-                ],
-                name=f"{topic}-{partition}-{first}-{last}",
+            signals = [r.signal for r in part]
+            offsets = [r.offset for r in part]
+            table = signal_table(
+                event_ids=[s.event_id for s in signals],
+                sources=[s.source for s in signals],
+                schema_versions=[s.schema_version for s in signals],
+                entity_ids=[s.entity_id for s in signals],
+                ts=[s.ts for s in signals],
+                fields=[s.fields for s in signals],
+                arrival_ts=[s.arrival_ts for s in signals],
+                topic=topic,
+                partitions=[partition] * len(part),
+                offsets=offsets,
+            )
+            self.offline.append_table(
+                SIGNALS, table, name=f"{topic}-{partition}-{min(offsets)}-{max(offsets)}"
             )

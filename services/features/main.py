@@ -3,6 +3,8 @@
 signals.valid (Signal, group "features") -> FeaturesHandler.on_valid_signals
     -> Redis per-view states + vectors (one transaction per batch),
        Parquet signal rows by event date (compacted daily), signals.dlq
+
+SIGNALOPS_FEATURES_WORKERS=N runs N of these processes in the group (workers.py).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from libs.common.observability import configure_logging, configure_tracing, get_
 from libs.common.offline import OfflineStore
 from libs.common.schemas import Signal
 from services.features.compaction import compact_periodically
+from services.features.decoding import decode_signal
 from services.features.handlers import FeaturesHandler
 from services.features.settings import FeaturesSettings
+from services.features.workers import run_workers
 
 SERVICE = "features"
 
@@ -43,6 +47,7 @@ def build_app(
             group=settings.consumer_group,
             max_attempts=settings.consumer_max_attempts,
             max_records=settings.batch_records,
+            decode=decode_signal,  # Signal's rules, without a model per record
         )
     )
     return kafka, handler
@@ -62,7 +67,7 @@ async def run(settings: FeaturesSettings, stop: asyncio.Event | None = None) -> 
             compact_periodically(handler.offline, settings.compact_every_s, stop),
             name="offline compaction",
         )
-        if handler.offline is not None
+        if handler.offline is not None and settings.features_worker_index == 0
         else None
     )
     get_logger(__name__).info("features_started", topic=settings.topics.valid)
@@ -79,6 +84,8 @@ async def run(settings: FeaturesSettings, stop: asyncio.Event | None = None) -> 
 def main() -> None:
     settings = FeaturesSettings()
     configure_logging(SERVICE, settings.log_level)
+    if settings.features_workers > 1:
+        raise SystemExit(run_workers(settings))
     configure_tracing(SERVICE, settings.otlp_endpoint)
 
     async def _main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,11 +32,40 @@ FEATURE_TYPE_MISMATCH = "feature_type_mismatch"
 TOO_LATE = "too_late"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
+class ValidSignal:
+    """What the features path reads of a valid signal (times as epoch seconds).
+
+    Built from a `Signal` (`of`) or straight from a record's bytes
+    (services/features/decoding.py): the same values either way.
+    """
+
+    event_id: str
+    source: str
+    schema_version: int
+    entity_id: str
+    fields: dict[str, Any]
+    ts: float  # event time
+    arrival_ts: float  # when ingest accepted it (`ingested_at`), else `produced_at`
+
+    @classmethod
+    def of(cls, signal: Signal) -> ValidSignal:
+        return cls(
+            signal.event_id,
+            signal.source,
+            signal.schema_version,
+            signal.entity_id,
+            signal.fields,
+            signal.event_time.timestamp(),
+            (signal.ingested_at or signal.produced_at).timestamp(),
+        )
+
+
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs 1 us a record here
 class Positioned:
     """A signal and where it was read from (its Kafka position is its arrival order)."""
 
-    signal: Signal
+    signal: ValidSignal
     topic: str
     partition: int
     offset: int
@@ -121,9 +151,7 @@ def split_by_source(
         offsets = np.fromiter((r.offset for r in mine), dtype=np.int64, count=len(mine))
         events = EventColumns(
             entity=codes,
-            ts=np.fromiter(
-                (r.signal.event_time.timestamp() for r in mine), dtype=np.float64, count=len(mine)
-            ),
+            ts=np.fromiter((r.signal.ts for r in mine), dtype=np.float64, count=len(mine)),
             seq=offsets.astype(np.float64),
             partition=np.fromiter((r.partition for r in mine), dtype=np.int64, count=len(mine)),
             offset=offsets,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+from libs.common import offline
 from libs.common.schemas import Outcome, PredictionMade, Signal
 
 
@@ -33,16 +34,17 @@ def prediction_row(prediction: PredictionMade) -> dict[str, object]:
     }
 
 
+# The SIGNALS columns of rows written before lineage (arrival time, Kafka position).
+_BEFORE_LINEAGE = ("event_id", "source", "schema_version", "entity_id", "ts", "fields_json")
+
+
 def signal_row(signal: Signal) -> dict[str, object]:
-    """A signal as the features service stores it (used for synthetic bootstrap history)."""
-    return {
-        "event_id": signal.event_id,
-        "source": signal.source,
-        "schema_version": signal.schema_version,
-        "entity_id": signal.entity_id,
-        "ts": signal.event_time.timestamp(),
-        "fields_json": json.dumps(signal.fields, sort_keys=True),
-    }
+    """A signal as the features service stores it, without the lineage columns (read as
+    null: a row from before lineage), for synthetic histories; the row itself is
+    libs.common.offline's `signal_row`, so the two cannot drift apart.
+    """
+    row = offline.signal_row(signal, topic="", partition=-1, offset=-1)
+    return {k: row[k] for k in _BEFORE_LINEAGE}
 
 
 def batch_file_name(topic: str, partition: int, first_offset: int) -> str:

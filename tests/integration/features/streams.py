@@ -21,7 +21,12 @@ from libs.common.clients.redis import StoredVector
 from libs.common.definitions import Definitions, load_definitions
 from libs.common.features.engine import FeatureVector, States, apply, vectors
 from libs.common.schemas import Signal
-from services.features.core.updates import Positioned, plans_by_source, split_by_source
+from services.features.core.updates import (
+    Positioned,
+    ValidSignal,
+    plans_by_source,
+    split_by_source,
+)
 from services.features.settings import FeaturesSettings
 
 VIEW = "device_stats"
@@ -195,7 +200,8 @@ async def reference(settings: FeaturesSettings, definitions: Definitions) -> Ref
         except Exception:
             rejected[(d.partition, d.offset)] = "invalid_message"
             continue
-        records.append(Positioned(s, d.topic, d.partition, d.offset))
+        # Decoded by pydantic, not the service's fast decoder: an independent reading.
+        records.append(Positioned(ValidSignal.of(s), d.topic, d.partition, d.offset))
     records.sort(key=lambda r: (r.partition, r.offset))
     batches, bad = split_by_source(records, definitions, plans_by_source(definitions))
     rejected.update({(r.partition, r.offset): why.reason for r, why in bad})

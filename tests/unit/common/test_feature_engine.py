@@ -14,6 +14,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libs.common.definitions import FieldType, parse_definitions
+from libs.common.definitions import FieldType, load_definitions, parse_definitions
 from libs.common.features import codec
 from libs.common.features.engine import (
     EventColumns,
@@ -33,6 +34,7 @@ from libs.common.features.engine import (
 )
 from libs.common.features.plan import ViewPlan
 
+REPO = Path(__file__).resolve().parents[3]
 LATENESS_S = 40.0
 RETENTION_S = 150.0
 ENTITIES = ("a", "b", "c")
@@ -547,6 +549,33 @@ def test_codec_round_trips_applied_states(scenario: tuple[list[Event], list[int]
     assert vectors(PLAN, again) == vectors(PLAN, states)
     assert encoded(again) == blobs
     assert vectors(PLAN, back)[0] is None and not back.has_events[0]
+
+
+def test_codec_of_a_view_without_categorical_values_round_trips() -> None:
+    """Views without a categorical `last` (signalops.yaml's) encode all rows in one
+    buffer: each value is the fixed header and the row's numbers, and decodes back.
+    """
+    definitions = load_definitions(REPO / "signalops.yaml")
+    view = definitions.feature_views[0]
+    plan = ViewPlan.of(view, definitions.source(view.source))
+    assert not plan.categorical_fields
+    rng = np.random.default_rng(7)
+    states = States.empty(plan, 4)
+    states.newest[:] = rng.uniform(0, 1e9, 4)
+    states.guard[:] = rng.integers(0, 1000, (4, 2))
+    states.last[:] = rng.normal(size=states.last.shape)
+    for ring in states.tiles:
+        ring[:] = rng.normal(size=ring.shape)
+    blobs = codec.encode(plan, states)
+    width = codec.state_width(plan)
+    assert [len(b) for b in blobs] == [6 + 8 * width] * 4
+    assert all(b[:6] == b"S1\x00\x00\x00\x00" for b in blobs)
+    back = codec.decode(plan, blobs)
+    assert np.array_equal(back.newest, states.newest)
+    assert np.array_equal(back.guard, states.guard)
+    assert np.array_equal(back.last, states.last)
+    for mine, theirs in zip(back.tiles, states.tiles, strict=True):
+        assert np.array_equal(mine, theirs)
 
 
 def test_categorical_last_value_survives_the_codec() -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from libs.common.offline import (
     OfflineStore,
     date_of,
     signal_row,
+    signal_table,
 )
 from libs.common.schemas import Signal
 
@@ -175,7 +177,7 @@ def test_signal_row_carries_lineage() -> None:
     )
     row = signal_row(signal, topic="signals.valid", partition=3, offset=41)
     assert row["arrival_ts"] == produced.timestamp()
-    assert row["fields_json"] == '{"a": "x", "b": 1}'
+    assert row["fields_json"] == '{"a":"x","b":1}'  # keys sorted, compact (orjson)
     assert (row["topic"], row["partition"], row["offset"]) == ("signals.valid", 3, 41)
     stamped = signal.model_copy(update={"ingested_at": ingested})
     assert signal_row(stamped, topic="", partition=-1, offset=-1)["arrival_ts"] == (
@@ -291,3 +293,45 @@ def test_files_are_readable_with_pyarrow_dataset(tmp_path: Path) -> None:
         date_of(MIDNIGHT - 1),
         "2026-11-22",
     ]
+
+
+def test_signal_table_holds_the_rows_signal_row_gives(tmp_path: Path) -> None:
+    """The columnar rows the features service writes equal `signal_row`'s, field JSON
+    included (a NaN is written as null, read as missing like NaN), and a batch spanning
+    midnight lands in both date folders under the batch's name.
+    """
+    before = datetime(2026, 11, 22, 23, 59, 59, 500000, tzinfo=UTC)
+    signals = [
+        Signal(
+            source="s",
+            entity_id=f"e{i}",
+            event_time=before + timedelta(seconds=i),
+            fields={"z": i, "a": "x", "n": float("nan") if i == 1 else 0.5},
+            ingested_at=before + timedelta(seconds=10 + i) if i else None,
+        )
+        for i in range(3)
+    ]
+    table = signal_table(
+        event_ids=[s.event_id for s in signals],
+        sources=[s.source for s in signals],
+        schema_versions=[s.schema_version for s in signals],
+        entity_ids=[s.entity_id for s in signals],
+        ts=[s.event_time.timestamp() for s in signals],
+        fields=[s.fields for s in signals],
+        arrival_ts=[(s.ingested_at or s.produced_at).timestamp() for s in signals],
+        topic="signals.valid",
+        partitions=[2, 2, 3],
+        offsets=[7, 8, 1],
+    )
+    rows = [
+        signal_row(s, topic="signals.valid", partition=p, offset=o)
+        for s, p, o in zip(signals, [2, 2, 3], [7, 8, 1], strict=True)
+    ]
+    assert table.to_pylist() == rows
+    assert json.loads(rows[1]["fields_json"]) == {"a": "x", "n": None, "z": 1}
+
+    store = OfflineStore(tmp_path)
+    written = store.append_table(SIGNALS, table, name="batch-1")
+    assert [Path(p).parent.name for p in written] == ["date=2026-11-22", "date=2026-11-23"]
+    assert {Path(p).name for p in written} == {"batch-1.parquet"}
+    assert sorted(store.read(SIGNALS).to_pylist(), key=lambda r: r["ts"]) == rows

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -18,14 +19,24 @@ from libs.common.errors import DependencyUnavailable
 from libs.common.observability.metrics import REDIS_OOM
 
 # Every SET of a batch in one script: atomic like MULTI/EXEC, but one command and one
-# reply instead of one per key, which the client spent most of a batch's CPU packing
-# and parsing (docs/benchmarks.md, "Features service").
-_SET_ALL = """
+# reply instead of one per key. Keys and values travel as two arguments (their sizes,
+# little-endian uint32 in key, value order, and their bytes back to back): packing one
+# argument per key and value was most of the client's share of a batch's CPU
+# (docs/benchmarks.md, "Features service"). Standalone Redis only: the keys are not
+# declared (Redis Cluster is not supported yet, README).
+_SET_PACKED = """
 local ttl = ARGV[1]
-for i = 1, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl)
+local sizes, body = ARGV[2], ARGV[3]
+local at, n = 1, #sizes / 4
+for i = 1, n, 2 do
+  local ksize = struct.unpack('<I4', sizes, 4 * i - 3)
+  local vsize = struct.unpack('<I4', sizes, 4 * i + 1)
+  local key = string.sub(body, at, at + ksize - 1)
+  at = at + ksize
+  redis.call('SET', key, string.sub(body, at, at + vsize - 1), 'EX', ttl)
+  at = at + vsize
 end
-return #KEYS
+return n / 2
 """
 
 
@@ -49,8 +60,11 @@ def _raise_if_full(exc: ResponseError) -> None:
         raise DependencyUnavailable("redis", f"out of memory: {exc}") from exc
 
 
-def _vector_doc(vec: StoredVector) -> str:
-    return json.dumps({"values": vec.values, "as_of": vec.as_of, "updated_at": vec.updated_at})
+def _vector_doc(vec: StoredVector) -> bytes:
+    """The JSON document of a vector (serve reads it). orjson: several times faster than
+    json on the features service's hot path; a non-finite number is written as null.
+    """
+    return orjson.dumps({"values": vec.values, "as_of": vec.as_of, "updated_at": vec.updated_at})
 
 
 def make_redis(url: str, timeout_s: float = 2.0) -> aioredis.Redis:
@@ -78,7 +92,7 @@ class RedisFeatureStore:
     def __init__(self, client: aioredis.Redis, *, vector_ttl_s: float = 7 * 86400) -> None:
         self._r = client
         self._vector_ttl_s = max(1, int(vector_ttl_s))
-        self._set_all = client.register_script(_SET_ALL)
+        self._set_packed = client.register_script(_SET_PACKED)
 
     async def load_states(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
@@ -95,13 +109,14 @@ class RedisFeatureStore:
             return
         # One script: a crash leaves either the whole batch's writes or none, and the
         # states' Kafka positions then make the redelivered batch a no-op.
-        keys = [k for k, _ in states]
-        values: list[bytes | str] = [v for _, v in states]
+        parts: list[bytes] = []
+        for key, value in states:
+            parts += (key.encode(), value)
         for view, version, entity_id, vec in vectors:
-            keys.append(vector_key(view, version, entity_id))
-            values.append(_vector_doc(vec))
+            parts += (vector_key(view, version, entity_id).encode(), _vector_doc(vec))
+        sizes = np.fromiter(map(len, parts), dtype="<u4", count=len(parts)).tobytes()
         try:
-            await self._set_all(keys=keys, args=[self._vector_ttl_s, *values])
+            await self._set_packed(args=[self._vector_ttl_s, sizes, b"".join(parts)])
         except ResponseError as exc:
             _raise_if_full(exc)
             raise
@@ -132,7 +147,7 @@ class RedisFeatureStore:
                 doc = raw[i]
                 i += 1
                 if doc:
-                    d = json.loads(doc)
+                    d = orjson.loads(doc)
                     found[view] = StoredVector(d["values"], d["as_of"], d["updated_at"])
             out.append(found)
         return out

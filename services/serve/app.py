@@ -266,6 +266,9 @@ def create_app(
             context=extract(request.headers),
             kind=SpanKind.SERVER,
             attributes={**attributes, "priority": priority.value, "deadline_ms": budget_ms},
+            # A shed answer must stay cheap: formatting its traceback into the span cost
+            # 5% of the replica under overload. Sheds are marked by an attribute instead.
+            record_exception=False,
         ) as span:
             request.state.priority = priority.value
             try:
@@ -273,6 +276,10 @@ def create_app(
                     yield span
             except Overloaded as exc:  # shed while queued, or past the deadline
                 service.metrics.shed(priority.value, exc.code)
+                span.set_attribute("shed", exc.code)
+                raise
+            except Exception as exc:  # anything else keeps its traceback in the trace
+                span.record_exception(exc)
                 raise
 
     def _observe(

@@ -46,10 +46,12 @@ def admin_call(
     path: str,
     body: dict[str, Any] | None = None,
     *,
+    params: dict[str, Any] | None = None,
     timeout_s: float = 60.0,
     transport: httpx.BaseTransport | None = None,
 ) -> dict[str, Any]:
-    """Call one admin endpoint with the configured key; its JSON answer.
+    """Call one admin endpoint with the configured key; its JSON answer. `params` are the
+    query (None values left out).
 
     Raises:
         AdminCallFailed: unreachable, timed out, or answered >= 300 (the message
@@ -59,7 +61,11 @@ def admin_call(
     try:
         with httpx.Client(timeout=timeout_s, transport=transport) as http:
             answer = http.request(
-                method, url, json=body, headers={"Authorization": f"Bearer {admin_key(settings)}"}
+                method,
+                url,
+                json=body,
+                params={k: v for k, v in (params or {}).items() if v is not None},
+                headers={"Authorization": f"Bearer {admin_key(settings)}"},
             )
     except httpx.ConnectError:
         raise AdminCallFailed(

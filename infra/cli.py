@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -95,7 +96,37 @@ def _print_status(stack) -> None:  # type: ignore[no-untyped-def]
             str(stack.proc(comp.name).log_file),
         )
     console.print(table)
+    _print_polled_sources(stack.s)
     console.print(f"Ray dashboard: http://127.0.0.1:{stack.s.ray_dashboard_port}")
+
+
+def _print_polled_sources(settings: Settings) -> None:
+    """Each polled source's breaker and what it serves, from ingest's /readyz body.
+
+    Informational: a polled source that is down never fails `status` (ingest stays ready).
+    """
+    import httpx
+
+    url = f"http://{settings.ingest_host}:{settings.ingest_port}/readyz"
+    try:
+        sources = httpx.get(url, timeout=2.0).json().get("sources") or {}
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return
+    if not sources:
+        return
+    colour = {"closed": "green", "half_open": "yellow", "open": "red"}
+    table = Table("polled source", "breaker", "serving", "last ok", "snapshot age (s)")
+    for name, state in sorted(sources.items()):
+        breaker = str(state.get("breaker"))
+        age = state.get("snapshot_age_s")
+        table.add_row(
+            name,
+            f"[{colour.get(breaker, 'red')}]{breaker}[/]",
+            str(state.get("serving")),
+            str(state.get("last_ok_at") or "never"),
+            "" if age is None else f"{age:.1f}",
+        )
+    console.print(table)
 
 
 @app.command()
@@ -406,55 +437,154 @@ def drift_status(
     console.print(inputs)
 
 
+def _dlq_query(
+    reason: str | None, source: str | None, since: str | None, until: str | None, page: int | None
+) -> Any:
+    from infra.dlq import LetterQuery
+
+    def when(text: str | None, name: str) -> datetime | None:
+        if text is None:
+            return None
+        try:
+            at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise _fail(ValueError(f"--{name} {text!r} is not an ISO time")) from None
+        return at if at.tzinfo else at.replace(tzinfo=UTC)  # a bare time is UTC
+
+    return LetterQuery(reason, source, when(since, "since"), when(until, "until"), page)
+
+
+_REASON = Annotated[str | None, typer.Option(help="Only this reason.")]
+_SOURCE = Annotated[str | None, typer.Option(help="Only this source.")]
+_SINCE = Annotated[str | None, typer.Option(help="Rejected at or after this ISO time (UTC).")]
+_UNTIL = Annotated[str | None, typer.Option(help="Rejected before this ISO time (UTC).")]
+_PAGE = Annotated[int | None, typer.Option(help="Records per admin call (ingest's default).")]
+
+
 @dlq_app.command("list")
 def dlq_list(
-    limit: Annotated[int, typer.Option(help="Most recent N.")] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    reason: _REASON = None,
+    source: _SOURCE = None,
+    since: _SINCE = None,
+    until: _UNTIL = None,
+    limit: Annotated[int, typer.Option(help="Show the newest N (0: all); all are counted.")] = 50,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Every match, one JSON per line.")
+    ] = False,
+    page_size: _PAGE = None,
 ) -> None:
-    """Dead letters with stage, source, reason and detail."""
-    from infra.kafka_tools import read_values
-    from libs.common.schemas import DeadLetter
+    """Every dead letter on signals.dlq (through ingest's admin API, page by page), with
+    stage, source, reason and detail."""
+    import heapq
+    import itertools
+    import json
 
-    s = _settings()
-    rows = [
-        DeadLetter.from_bytes(b) for b in asyncio.run(read_values(s.kafka_bootstrap, s.topics.dlq))
-    ][-limit:]
+    from rich.markup import escape
+    from rich.progress import Progress
+
+    from infra.admin_client import AdminCallFailed
+    from infra.dlq import list_pages
+
+    query = _dlq_query(reason, source, since, until, page_size)
+    # The newest `limit` by rejection time (ISO UTC text sorts as time), in bounded memory.
+    newest: list[tuple[str, int, dict[str, Any]]] = []
+    order = itertools.count()  # ties in time keep reading order, never compare dicts
+    matched = scanned = unreadable = 0
+    try:
+        with Progress(console=console, transient=True, disable=as_json) as progress:
+            task = progress.add_task("reading signals.dlq", total=None)
+            for page in list_pages(_settings(), query):
+                matched += len(page["letters"])
+                scanned += page["scanned"]
+                unreadable += page["unreadable"]
+                progress.update(task, completed=scanned, total=scanned + page["remaining"])
+                if as_json:
+                    for letter in page["letters"]:
+                        print(json.dumps(letter))
+                else:
+                    for letter in page["letters"]:
+                        item = (letter["event_time"], next(order), letter)
+                        if not limit or len(newest) < limit:
+                            heapq.heappush(newest, item)
+                        else:
+                            heapq.heappushpop(newest, item)
+    except AdminCallFailed as exc:
+        raise _fail(exc) from None
     if as_json:
-        for r in rows:
-            console.print_json(r.model_dump_json())
         return
     table = Table("time", "stage", "source", "reason", "detail", "original")
-    for r in rows:
+    for _, _, r in sorted(newest, key=lambda item: item[:2]):
+        original = base64.b64decode(r["original_b64"])[:40].decode(errors="replace")
         table.add_row(
-            r.event_time.strftime("%H:%M:%S"),
-            r.stage,
-            r.source,
-            r.reason,
-            r.detail[:60],
-            r.original[:40].decode(errors="replace"),
+            r["event_time"][:19],
+            r["stage"],
+            escape(r["source"]),
+            escape(r["reason"]),
+            escape(r["detail"][:60]),
+            escape(original),
         )
     console.print(table)
-    console.print(f"{len(rows)} dead letters shown.")
+    console.print(
+        f"{matched} dead letters match of {scanned} read ({len(newest)} newest shown)"
+        + (f"; {unreadable} records are not dead letters" if unreadable else "")
+        + "."
+    )
 
 
 @dlq_app.command("replay")
 def dlq_replay(
-    reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
+    reason: _REASON = None,
+    source: _SOURCE = None,
+    since: _SINCE = None,
+    until: _UNTIL = None,
     to: Annotated[str | None, typer.Option(help="Target topic; default signals.raw.")] = None,
+    page_size: _PAGE = None,
+    show_all: Annotated[bool, typer.Option(help="One line per letter, not only refusals.")] = False,
 ) -> None:
-    """Send dead letters' original bytes back through ingest (its admin API): signals
-    via the raw topic, outcomes through ingest's validation."""
-    from rich.markup import escape
+    """Send chosen dead letters' original bytes back through ingest (its admin API):
+    signals via the raw topic, outcomes through ingest's validation. Each letter is
+    replayed at most once; an interrupted replay run again replays only the rest. Exits 1
+    when a letter was rejected again."""
+    import collections
 
-    report = _admin("ingest", "POST", "/v1/admin/dlq/replay", {"reason": reason, "to": to})
-    failed: list[str] = report["failed"]
-    for line in failed:
-        console.print(f"[red]not replayed[/] {escape(line)}")
+    from rich.markup import escape
+    from rich.progress import Progress
+
+    from infra.admin_client import AdminCallFailed
+    from infra.dlq import replay_pages
+
+    query = _dlq_query(reason, source, since, until, page_size)
+    counts: collections.Counter[str] = collections.Counter()
+    table = Table("event id", "source", "reason", "outcome", "detail")
+    target = to or _settings().topics.raw
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("replaying", total=None)
+            read = 0
+            for page in replay_pages(_settings(), query, to):
+                counts.update(page["counts"])
+                read += page["scanned"]
+                target = page["target"]
+                progress.update(task, completed=read, total=read + page["remaining"])
+                for line in page["results"]:
+                    if show_all or line["outcome"] == "rejected":
+                        table.add_row(
+                            line["event_id"][:12],
+                            escape(line["source"]),
+                            escape(line["reason"]),
+                            line["outcome"],
+                            escape(line["detail"][:80]),
+                        )
+    except AdminCallFailed as exc:
+        console.print(f"so far: {dict(counts)}")
+        raise _fail(exc) from None
+    if table.row_count:
+        console.print(table)
     console.print(
-        f"replayed {report['replayed']} of {report['chosen']} chosen "
-        f"({report['dead_letters']} dead letters) to {report['target']}; {len(failed)} failed."
+        f"replayed {counts['replayed']} to {target}, {counts['accepted']} outcomes accepted, "
+        f"{counts['rejected']} rejected again, {counts['skipped']} skipped (replayed before)."
     )
-    if failed:
+    if counts["rejected"]:
         raise typer.Exit(1)
 
 

@@ -41,8 +41,92 @@ class FieldSpec(_Strict):
     allowed: list[str] | None = Field(None, description="Allowed values of a str field.")
 
 
+# A path into a JSON document: dot-separated object keys, a number indexes a list
+# ("data.items", "readings.0.value").
+JsonPath = Annotated[str, Field(pattern=r"^[^.]+(\.[^.]+)*$", max_length=256)]
+
+
+class PollMapping(_Strict):
+    """How a polled response becomes signals: where its records are, and where each
+    record keeps the entity id, the event time and the source's fields."""
+
+    records: JsonPath | None = Field(
+        None, description="Path to the list of records; None: the response is the list."
+    )
+    entity_id: JsonPath = Field(description="Path in a record to the entity id.")
+    event_time: JsonPath | None = Field(
+        None, description="Path in a record to its event time; None: the time of the poll."
+    )
+    fields: dict[Name, JsonPath] = Field(
+        description="Source field -> path in a record; an absent path leaves the field out."
+    )
+
+
+class PollAuth(_Strict):
+    """A header carrying a secret, read at start from an environment variable or a file
+    (a mounted Secret). The definitions file names where the secret is, never the secret.
+    """
+
+    header: str = Field("Authorization", pattern=r"^[A-Za-z0-9-]+$", max_length=64)
+    scheme: str = Field("", max_length=32, description='Value prefix, e.g. "Bearer".')
+    env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> PollAuth:
+        if (self.env is None) == (self.file is None):
+            raise ValueError(
+                "poll.auth needs exactly one of 'env' (an environment variable's name) or "
+                "'file' (a secret file's path) holding the header's value"
+            )
+        return self
+
+
+class PollSpec(_Strict):
+    """A source ingest polls over HTTP (services/ingest/sources), behind its own breaker;
+    while it fails, its last good snapshot is re-emitted flagged stale for `max_stale_s`.
+    """
+
+    url: Annotated[str, Field(pattern=r"^https?://\S+$", max_length=2048)]
+    interval_s: PositiveFloat = Field(30.0, description="Time between two polls.")
+    timeout_s: PositiveFloat = Field(5.0, description="Time allowed for one attempt.")
+    attempts: int = Field(2, ge=1, le=10, description="Attempts per poll (retries + 1).")
+    fail_max: int = Field(3, ge=1, description="Consecutive failed attempts that open the breaker.")
+    reset_s: PositiveFloat = Field(
+        60.0, description="How long the breaker stays open before a half-open probe."
+    )
+    max_stale_s: PositiveFloat = Field(
+        900.0, description="Oldest cached snapshot re-emitted while the source is down."
+    )
+    mapping: PollMapping
+    auth: PollAuth | None = None
+
+
+class QualityThresholds(_Strict):
+    """When a source's data quality breaches (services/ingest/core/quality.py): rates are
+    over about the last `window_records` records of each field."""
+
+    max_null_rate: float = Field(0.05, ge=0.0, le=1.0, description="Null or absent values.")
+    max_out_of_range_rate: float = Field(
+        0.01, ge=0.0, le=1.0, description="Values outside min/max (dead-lettered)."
+    )
+    max_outlier_rate: float = Field(
+        0.05, ge=0.0, le=1.0, description="Values whose robust z-score exceeds outlier_z."
+    )
+    outlier_z: PositiveFloat = Field(
+        3.5, description="Robust z-score (median/MAD) beyond which a value is an outlier."
+    )
+    max_silence_s: PositiveFloat | None = Field(
+        None, description="Longest time without a record before freshness breaches."
+    )
+    window_records: int = Field(1000, ge=10, le=100_000)
+
+
 class SourceDefinition(_Strict):
-    """A stream of signals about entities; `fields` is its versioned schema."""
+    """A stream of signals about entities; `fields` is its versioned schema.
+
+    With `poll`, ingest also fetches it over HTTP (pushes are accepted all the same).
+    """
 
     name: Name
     version: int = Field(1, ge=1)
@@ -50,11 +134,30 @@ class SourceDefinition(_Strict):
     fields: dict[Name, FieldSpec]
     allowed_lateness_s: PositiveFloat = 3600.0
     max_future_skew_s: PositiveFloat = 300.0
+    late_policy: Literal["dead_letter", "accept_flagged"] = Field(
+        "dead_letter",
+        description="Events older than allowed_lateness_s: dead-lettered too_late, or "
+        "published with `late: true`.",
+    )
+    quality: QualityThresholds = QualityThresholds()
+    poll: PollSpec | None = None
 
     @model_validator(mode="after")
     def _has_fields(self) -> SourceDefinition:
         if not self.fields:
             raise ValueError(f"source {self.name!r} declares no fields")
+        return self
+
+    @model_validator(mode="after")
+    def _poll_maps_known_fields(self) -> SourceDefinition:
+        if self.poll is None:
+            return self
+        stray = sorted(set(self.poll.mapping.fields) - set(self.fields))
+        if stray:
+            raise ValueError(
+                f"source {self.name!r}: poll.mapping.fields maps {stray}, which are not "
+                f"fields of the source; known: {sorted(self.fields)}"
+            )
         return self
 
 

@@ -20,10 +20,11 @@ class RecordInvalid(SignalopsError):
     Derives from Exception (not BaseException) so asyncio cancellation stays safe.
     """
 
-    def __init__(self, reason: str, *, detail: str = "") -> None:
+    def __init__(self, reason: str, *, detail: str = "", errors: list[str] | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.errors = errors or []  # each problem found, when the validator saw several
 
 
 class ModelNotFound(SignalopsError):

@@ -7,6 +7,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
+from libs.common.observability.metrics import HTTP_IN_FLIGHT, HTTP_REFUSED
 from libs.common.security import SecurityError
 
 Scope = dict[str, Any]
@@ -109,6 +110,81 @@ class BodySizeLimit:
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class ConcurrencyLimit:
+    """Answer 503 with Retry-After at once when `max_requests` requests are in flight.
+
+    Only requests whose method is in `methods` take a slot (the POSTs that carry
+    bodies); probes and /metrics always answer. A refused request is answered before
+    a byte of its body is read, so a flood of large bodies holds at most
+    `max_requests` bodies in memory: uvicorn stops reading a socket whose body the app
+    has not asked for, and discards the rest once the answer is sent, keeping the
+    connection (the client reads its 503 instead of a reset). Counting, not queueing:
+    a queue would hold the very bodies the limit is there to keep out.
+
+    Args:
+        app: the ASGI app to protect.
+        service: label of the in-flight gauge and the refusals counter.
+        max_requests: most requests served at once.
+        retry_after_s: the Retry-After of a refusal.
+        methods: the methods that take a slot.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        service: str,
+        max_requests: int,
+        retry_after_s: int = 1,
+        methods: frozenset[str] = frozenset({"POST"}),
+    ) -> None:
+        self.app = app
+        self.max_requests = max_requests
+        self.methods = methods
+        self.in_flight = 0
+        self._gauge = HTTP_IN_FLIGHT.labels(service)
+        self._refused = HTTP_REFUSED.labels(service, "concurrency_limit")
+        self._retry_after = str(retry_after_s).encode()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") not in self.methods:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_requests:
+            self._refused.inc()
+            await self._refuse(send)
+            return
+        # One event loop: the check above and this increment cannot interleave.
+        self.in_flight += 1
+        self._gauge.inc()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            self._gauge.dec()
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps(
+            {
+                "error": "too_many_requests_in_flight",
+                "message": f"{self.max_requests} requests are being served; retry after "
+                f"{self._retry_after.decode()} s",
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", self._retry_after),
                 ],
             }
         )

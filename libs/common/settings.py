@@ -26,6 +26,7 @@ class Topics(BaseModel):
     drift: str = "drift.events"
     retrain: str = "retrain.requests"
     models: str = "models.events"
+    schema_events: str = "schema.events"
 
     def all(self) -> list[str]:
         return list(self.model_dump().values())

@@ -81,10 +81,16 @@ def _fast(value: bytes) -> ValidSignal | None:
     event_time = _epoch(d["event_time"])
     produced_at = _epoch(d["produced_at"])
     ingested = d.get("ingested_at")
+    stale, snapshot_at = d.get("stale", False), d.get("snapshot_at")
+    if type(stale) is not bool or (snapshot_at is not None and _epoch(snapshot_at) is None):
+        return None
     arrival = produced_at if ingested is None else _epoch(ingested)
     if event_time is None or produced_at is None or arrival is None:
         return None
-    return ValidSignal(event_id, source, version, entity_id, fields, event_time, arrival)
+    snapshot_ts = None if snapshot_at is None else _epoch(snapshot_at)
+    return ValidSignal(
+        event_id, source, version, entity_id, fields, event_time, arrival, stale, snapshot_ts
+    )
 
 
 def _epoch(stamp: Any) -> float | None:

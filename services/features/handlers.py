@@ -30,12 +30,15 @@ from services.features.core.updates import (
     ValidSignal,
     ViewUpdate,
     plans_by_source,
+    source_staleness,
     split_by_source,
     update_views,
     verdicts,
 )
 
 log = get_logger(__name__)
+# How often a fresh source is unmarked stale when this process did not mark it.
+_UNMARK_EVERY_S = 5.0
 
 
 @dataclass
@@ -62,6 +65,10 @@ class FeaturesHandler:
 
     def __post_init__(self) -> None:
         self._plans = plans_by_source(self.definitions)
+        # Only polled sources are ever re-emitted stale (services/ingest/sources).
+        self._polled = frozenset(s.name for s in self.definitions.sources if s.poll)
+        self._marked: set[str] = set()  # sources this process marked stale
+        self._unmarked_at: dict[str, float] = {}
 
     async def on_valid_signals(
         self, batch: list[Delivery[ValidSignal]] | list[Delivery[Signal]]
@@ -94,6 +101,10 @@ class FeaturesHandler:
             for d in batch
         ]
         delivery_of = {id(r): d for r, d in zip(records, batch, strict=True)}
+        staleness = source_staleness(records, self._polled) if self._polled else {}
+        # A stale re-emission (issue 9) repeats events applied when they were first
+        # polled, at a new Kafka position: applying it would count them twice.
+        records = self._without_stale(records)
         sources, rejected = split_by_source(records, self.definitions, self._plans)
 
         loaded = await self._load(sources)
@@ -130,9 +141,45 @@ class FeaturesHandler:
             if isinstance(outcome, BaseException):
                 raise outcome
         await self._save(state_items, vector_items, records)
+        await self._mark_sources(staleness)
         LATENCY.labels("features", "on_valid_signals").observe(time.perf_counter() - started)
         log.debug("batch_done", records=len(batch), rejected=len(rejected))
         return updates
+
+    async def _mark_sources(self, staleness: dict[str, float | None]) -> None:
+        """Tell serve which sources are stale re-emissions now, and which are fresh again.
+
+        A fresh source is unmarked when this process marked it, or at most every few
+        seconds otherwise (another worker may have marked it): one small write, not
+        one per batch.
+        """
+        now = time.monotonic()
+        stale = {s: t for s, t in staleness.items() if t is not None}
+        fresh = [
+            s
+            for s, t in staleness.items()
+            if t is None
+            and (
+                s in self._marked
+                or now - self._unmarked_at.get(s, -_UNMARK_EVERY_S) >= _UNMARK_EVERY_S
+            )
+        ]
+        if not stale and not fresh:
+            return
+        await self.redis.call(self.store.mark_sources, stale, fresh)
+        self._marked.update(stale)
+        for s in fresh:
+            self._marked.discard(s)
+            self._unmarked_at[s] = now
+
+    @staticmethod
+    def _without_stale(records: list[Positioned]) -> list[Positioned]:
+        if not any(r.signal.stale for r in records):
+            return records
+        for r in records:
+            if r.signal.stale:
+                metrics.STALE_SKIPPED.labels(r.signal.source).inc()
+        return [r for r in records if not r.signal.stale]
 
     async def _load(self, sources: Sequence[SourceBatch]) -> list[list[States]]:
         """Every (view, entity) state the batch touches, in one round trip."""

@@ -26,6 +26,11 @@ FRESHNESS = Histogram(
     "From a signal's arrival at ingest to its features readable in the online store",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+STALE_SKIPPED = Counter(
+    "signalops_features_stale_signals_total",
+    "Stale re-emissions of a down polled source's snapshot, not applied again",
+    ["source"],
+)
 REDIS_WRITE = Histogram(
     "signalops_features_redis_write_seconds",
     "Time of one batch's transactional write of states and vectors",

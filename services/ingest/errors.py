@@ -6,7 +6,7 @@ and end in the dead-letter topic.
 
 from __future__ import annotations
 
-from libs.common.errors import SignalopsError
+from libs.common.errors import RecordInvalid, SignalopsError
 
 
 class IngestError(SignalopsError):
@@ -27,3 +27,34 @@ class BatchTooLarge(IngestError):
     """
 
     reason = "batch_too_large"
+
+
+class SourceRecordInvalid(RecordInvalid):
+    """A signal of a known source rejected for one field or for its time.
+
+    Carries the source (and field) so data-quality and lateness counts need not
+    parse the record again.
+    """
+
+    def __init__(self, reason: str, *, detail: str, source: str, field: str | None = None) -> None:
+        super().__init__(reason, detail=detail)
+        self.source = source
+        self.field = field
+
+
+class PollSecretMissing(IngestError):
+    """A polled source's auth secret is not where its definition says (env var or file).
+
+    Operator action: set the environment variable or mount the file named in the
+    message, then restart ingest.
+    """
+
+
+class InvalidCursor(IngestError):
+    """A dead-letter listing's cursor that ingest did not write (answered 400).
+
+    Operator action: start the listing again without a cursor.
+    """
+
+    def __init__(self, cursor: str) -> None:
+        super().__init__(f"cursor {cursor[:40]!r} is not one ingest wrote; list again without it")

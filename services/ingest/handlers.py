@@ -8,22 +8,29 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
+from aiokafka.errors import KafkaError
 from opentelemetry import trace
 
 from libs.common.clients.kafka import Delivery, Publisher, content_origin, dead_letter
 from libs.common.definitions import Definitions
-from libs.common.errors import RecordInvalid
+from libs.common.errors import DependencyUnavailable, RecordInvalid
 from libs.common.observability import DEAD_LETTERS, LATENCY, MESSAGES, get_logger, tracer
 from libs.common.observability.tracing import producer_links
-from libs.common.schemas import DeadLetter, Message, utcnow
+from libs.common.schemas import DeadLetter, Message, Signal, utcnow
 from libs.common.settings import Topics
+from services.ingest.accounting import count_batch
 from services.ingest.core.batch import RecordItem
+from services.ingest.core.dedup import DedupWindow, NoDedupWindow, dedup_key, split_duplicates
+from services.ingest.core.polled import validate_polled
+from services.ingest.core.schema_drift import DriftTally
 from services.ingest.core.validation import record_hints, validate_outcome, validate_signal
 from services.ingest.core.verdicts import BatchResult, Judged, Rejected, Validator, judge
 from services.ingest.errors import InvalidBody
+from services.ingest.observation import SignalObserver
+from services.ingest.spooling import SpoolingPublisher
 
 SERVICE = "ingest"
 HTTP = "http"
@@ -47,6 +54,12 @@ class IngestHandler:
         max_record_bytes: larger records are rejected as too_large.
         dead_letter_max_bytes: a dead letter keeps at most this many original bytes.
         clock: the current time, for lateness checks.
+        dedup: the window of records accepted recently (duplicates are not published).
+        spool: publishes what arrives over HTTP, spooling it on disk while the broker
+            is unreachable; None publishes straight to `publisher`.
+        observer: schema drift, data quality and lateness of the signals taken; its
+            schema-drift events go to topics.schema_events. None: not observed.
+        ingest_version: the build stamped on accepted signals (lineage).
     """
 
     definitions: Definitions
@@ -55,14 +68,20 @@ class IngestHandler:
     max_record_bytes: int = 64 * 1024
     dead_letter_max_bytes: int = 512 * 1024
     clock: Callable[[], datetime] = utcnow
+    dedup: DedupWindow = field(default_factory=NoDedupWindow)
+    spool: SpoolingPublisher | None = None
+    observer: SignalObserver | None = None
+    ingest_version: str | None = None
 
     async def on_signals(self, items: Sequence[RecordItem]) -> BatchResult:
         """Signals posted over HTTP: valid ones to topics.valid keyed by entity id,
         the others to topics.dlq keyed by source (the record's source name, else "http").
         """
         with LATENCY.labels(SERVICE, "on_signals").time():
-            judged = self._judge(items, self._signal_validator())
+            tally: DriftTally = Counter()
+            judged = self._judge(items, self._signal_validator(tally))
             await self._publish(judged, self.topics.valid, HTTP, _http_origin(HTTP))
+            await self._observe(judged, tally)
             return BatchResult.of(judged)
 
     async def on_outcomes(self, items: Sequence[RecordItem]) -> BatchResult:
@@ -120,21 +139,96 @@ class IngestHandler:
             ),
             LATENCY.labels(SERVICE, "on_raw_records").time(),
         ):
-            judged = self._judge(items, self._signal_validator())
-            await self._publish(judged, self.topics.valid, topic, origin)
+            tally: DriftTally = Counter()
+            judged = self._judge(items, self._signal_validator(tally))
+            # No spool: while the broker is down the consume loop holds its offsets.
+            await self._publish(judged, self.topics.valid, topic, origin, spool=False)
+            await self._observe(judged, tally)
             return BatchResult.of(judged)
 
-    # ------------------------------------------------------------------------------
-    def _signal_validator(self) -> Validator:
+    async def on_polled(self, source: str, items: Sequence[RecordItem]) -> list[Signal]:
+        """Records mapped from a polled source's response (services/ingest/sources):
+        validated and published as pushed ones, dead letters keyed by `source`.
+
+        Returns:
+            The accepted signals (the snapshot the poller caches).
+        """
         now = self.clock()
-        return lambda r: validate_signal(r, self.definitions, now)
+        with LATENCY.labels(SERVICE, "on_polled").time():
+            tally: DriftTally = Counter()
+            version = self.ingest_version
+            judged = self._judge(
+                items,
+                lambda r: validate_polled(
+                    r, self.definitions, now, tally=tally, ingest_version=version
+                ),
+            )
+            await self._publish(judged, self.topics.valid, f"poll:{source}", _http_origin(source))
+            await self._observe(judged, tally)
+        # Duplicates (records this source still reports) belong to the snapshot too.
+        kept = sorted(judged.valid + judged.duplicates, key=lambda pair: pair[0].index)
+        return [m for _, m in kept if isinstance(m, Signal)]
+
+    async def on_stale(self, source: str, signals: Sequence[Signal]) -> None:
+        """A down polled source's cached snapshot, re-emitted to topics.valid as it is
+        (validated when it was polled, already marked stale by the poller).
+
+        Not spooled: a copy re-emitted during a broker outage is worth nothing later,
+        and the next poll emits a newer one.
+        """
+        await self._send([(self.topics.valid, s, s.entity_id) for s in signals], spool=False)
+        MESSAGES.labels(SERVICE, f"poll:{source}", "stale").inc(len(signals))
+
+    # ------------------------------------------------------------------------------
+    def _signal_validator(self, tally: DriftTally | None = None) -> Validator:
+        now = self.clock()
+        version = self.ingest_version
+        return lambda r: validate_signal(
+            r, self.definitions, now, tally=tally, ingest_version=version
+        )
+
+    async def _observe(self, judged: Judged, tally: DriftTally) -> None:
+        """Drift, quality and lateness of an acknowledged batch; schema-drift events out.
+
+        The events are notifications: when the broker refuses them the batch stands (it
+        is already published) and they are re-armed for the next sighting.
+        """
+        if self.observer is None:
+            return
+        events = self.observer.observe(judged, tally, self.clock())
+        if not events:
+            return
+        try:
+            # Behind the spool like the batch itself: during a broker outage the events
+            # wait on disk instead of holding the request for the publisher's timeout.
+            await self._send([(self.topics.schema_events, e, e.source) for e in events])
+        except (KafkaError, TimeoutError, OSError, DependencyUnavailable) as exc:
+            self.observer.drift.rearm(events)
+            log.warning("schema_events_unpublished", events=len(events), error=repr(exc))
+            return
+        log.info(
+            "schema_drift",
+            events=[f"{e.source}:{e.kind}:{e.field}:{e.observed}" for e in events],
+        )
 
     def _judge(self, items: Sequence[RecordItem], validate: Validator) -> Judged:
         return judge(items, validate, max_record_bytes=self.max_record_bytes)
 
     async def _publish(
-        self, judged: Judged, valid_topic: str, input_label: str, origin: Origin
+        self,
+        judged: Judged,
+        valid_topic: str,
+        input_label: str,
+        origin: Origin,
+        *,
+        spool: bool = True,
     ) -> None:
+        # Duplicates move from judged.valid to judged.duplicates in place, so the
+        # callers' results report them.
+        if self.dedup.enabled:
+            keys = [dedup_key(valid_topic, m) for _, m in judged.valid]
+            fresh = split_duplicates(judged, keys, await self.dedup.seen(keys) or ())
+            judged.valid, judged.duplicates = fresh.valid, fresh.duplicates
         out: list[tuple[str, Message, str | None]] = [
             (valid_topic, message, getattr(message, "entity_id", None))
             for _, message in judged.valid
@@ -143,7 +237,12 @@ class IngestHandler:
             source, topic, key, where = origin(item, rejection)
             letter = self._dead_letter(item, rejection, source, topic, key, where)
             out.append((self.topics.dlq, letter, source))
-        await self._send(out)
+        await self._send(out, spool=spool)
+        # Seen only once the broker has them: a batch answered 503 is not a duplicate
+        # when its client retries it.
+        if self.dedup.enabled:
+            await self.dedup.mark([dedup_key(valid_topic, m) for _, m in judged.valid])
+        count_batch(input_label, judged)
         MESSAGES.labels(SERVICE, input_label, "accepted").inc(len(judged.valid))
         if judged.rejected:
             MESSAGES.labels(SERVICE, input_label, "dead_letter").inc(len(judged.rejected))
@@ -185,11 +284,17 @@ class IngestHandler:
             detail=detail,
             topic=topic,
             key=key,
+            errors=rejection.errors,
         )
 
-    async def _send(self, out: list[tuple[str, Message, str | None]]) -> None:
+    async def _send(
+        self, out: list[tuple[str, Message, str | None]], *, spool: bool = True
+    ) -> None:
         # Pipelined in order, then all acknowledgements awaited: one round trip per batch.
-        await self.publisher.publish_many(out)
+        if spool and self.spool is not None:
+            await self.spool.publish_many(out)  # behind the spool while it holds anything
+        else:
+            await self.publisher.publish_many(out)
 
 
 def _http_origin(fallback: str) -> Origin:

@@ -1,15 +1,17 @@
 """Ingest service: HTTP and signals.raw in; signals.valid, outcomes, signals.dlq out.
 
 POST /v1/signals, /v1/outcomes          -> IngestHandler.on_signals / on_outcomes
-POST /v1/admin/dlq/replay (admin key)   -> signals.dlq read, replayed to signals.raw
+GET /v1/admin/dlq, POST /v1/admin/dlq/replay (admin key)
+                                        -> signals.dlq read page by page, replayed to signals.raw
 signals.raw (raw bytes, group "ingest") -> IngestHandler.on_raw_records
+polled sources (`poll` in definitions)  -> IngestHandler.on_polled, on_stale (sources/)
     -> signals.valid, outcomes, signals.dlq
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from datetime import datetime
 
 import uvicorn
@@ -19,19 +21,19 @@ from libs.common.clients.kafka import KafkaRuntime, Publisher, Subscription
 from libs.common.definitions import Definitions, load_definitions
 from libs.common.observability import configure_logging, configure_tracing
 from libs.common.observability.metrics import INFO
-from libs.common.schemas import DeadLetter, utcnow
+from libs.common.resilience import Policy
+from libs.common.schemas import utcnow
 from libs.common.security import KeyRing
+from services.ingest.adapters.dead_letter_pages import KafkaDeadLetterPages
 from services.ingest.adapters.http import always_ready, create_app
-from services.ingest.admin import (
-    ReadLetters,
-    ReplayReport,
-    ReplayRequest,
-    admin_router,
-    dead_letter_reader,
-    replay_dead_letters,
-)
+from services.ingest.admin import DeadLetterReplayer, ReadPage, ReplayLedger, admin_router
+from services.ingest.core.dedup import DedupWindow, NoDedupWindow
+from services.ingest.dedup import RedisDedupWindow, RedisReplayLedger, redis_client
 from services.ingest.handlers import IngestHandler
+from services.ingest.observation import SignalObserver
 from services.ingest.settings import IngestSettings
+from services.ingest.sources import PolledSources, RedisSnapshotStore, SnapshotStore
+from services.ingest.spooling import spooled_health, spooling_publisher
 
 
 def build_app(
@@ -40,23 +42,55 @@ def build_app(
     publisher: Publisher | None = None,
     definitions: Definitions | None = None,
     clock: Callable[[], datetime] = utcnow,
-    read_letters: ReadLetters | None = None,
+    read_page: ReadPage | None = None,
+    dedup: DedupWindow | None = None,
+    ledger: ReplayLedger | None = None,
+    snapshots: SnapshotStore | None = None,
 ) -> FastAPI:
     """The ingest app. Given a `publisher` (tests) it owns no Kafka connection; without
     one, its lifespan creates the topics, starts the producer and consumes signals.raw.
-    `read_letters` replaces reading signals.dlq from the broker (tests).
+    `read_page`, `dedup` and `ledger` replace signals.dlq and Redis (tests); without
+    them ingest reads the broker and Redis (SIGNALOPS_REDIS_URL).
     """
     definitions = definitions or load_definitions(settings.definitions)
     kafka: KafkaRuntime | None = None
     if publisher is None:
         publisher = kafka = KafkaRuntime(settings, client_id="ingest")
-    # Writes settings.topics.valid, .outcomes and .dlq (see handlers.py).
+    # HTTP input waits in a disk spool while the broker is down (the owned broker only).
+    spooler = spooling_publisher(kafka, settings) if kafka is not None else None
+    redis = redis_client(settings.dedup_redis_url or settings.redis_url, settings.dedup_timeout_s)
+    if dedup is None and settings.dedup_enabled:
+        # One attempt per batch, then fail open: Redis never turns a request into a 5xx.
+        dedup_policy = Policy("redis-dedup", timeout_s=settings.dedup_timeout_s, attempts=1)
+        dedup = RedisDedupWindow(redis, dedup_policy, window_s=settings.dedup_window_s)
+    ledger = ledger or RedisReplayLedger(
+        redis,
+        Policy("redis-replay-ledger", timeout_s=2.0),
+        topic=settings.topics.dlq,
+        ttl_s=settings.dlq_replayed_ttl_s,
+    )
+    # Writes settings.topics.valid, .outcomes, .dlq and .schema_events (see handlers.py).
     handler = IngestHandler(
         definitions,
         publisher,
         settings.topics,
         max_record_bytes=settings.max_record_bytes,
         dead_letter_max_bytes=settings.dead_letter_max_bytes,
+        clock=clock,
+        dedup=dedup or NoDedupWindow(),
+        spool=spooler,
+        observer=SignalObserver(definitions, event_interval_s=settings.schema_event_interval_s),
+        ingest_version=settings.ingest_version,
+    )
+
+    # Polled sources (`poll` in the definitions): a task each, fetching through the
+    # handler; their snapshots in Redis (`snapshots` replaces it in tests).
+    polled = PolledSources(
+        definitions,
+        handler,
+        snapshots or RedisSnapshotStore(redis),
+        Policy("redis-snapshots", timeout_s=settings.call_timeout_s),
+        max_body_bytes=settings.max_body_bytes,
         clock=clock,
     )
 
@@ -75,30 +109,41 @@ def build_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if kafka is not None:
             await kafka.start()
+        spooling: AbstractAsyncContextManager[None] = (
+            spooler.running() if spooler else nullcontext()
+        )
         try:
-            yield
+            async with spooling:  # recovers the spool; its drainer stops before Kafka
+                await polled.start()  # after the spool opened: polled records may need it
+                try:
+                    yield
+                finally:
+                    await polled.stop()
         finally:
             if kafka is not None:
                 await kafka.stop()
+            await redis.aclose()
 
     ready = kafka.ready if kafka is not None else always_ready
     alive = kafka.liveness if kafka is not None else list
+    if kafka is not None and spooler is not None:
+        ready, alive = spooled_health(kafka, spooler)  # ready while the spool has room
     app = create_app(
-        handler, settings, definitions, readiness=ready, liveness=alive, lifespan=lifespan
+        handler,
+        settings,
+        definitions,
+        readiness=ready,
+        liveness=alive,
+        lifespan=lifespan,
+        # One polled source down never makes it unready; the spool shows while it fills.
+        ready_details=lambda: {**polled.ready_details(), **(spooler.status() if spooler else {})},
     )
     # Admin (admin scope): reads signals.dlq, writes signals.raw and, via the handler,
     # outcomes and signals.dlq.
-    sender = publisher  # a local the closure keeps narrowed (never None here)
-
-    async def replay(letters: list[DeadLetter], request: ReplayRequest) -> ReplayReport:
-        return await replay_dead_letters(
-            letters, request, handler=handler, publisher=sender, settings=settings
-        )
-
+    pages = read_page or KafkaDeadLetterPages(settings.kafka_bootstrap, settings.topics.dlq).page
+    replayer = DeadLetterReplayer(handler, publisher, ledger, settings)
     app.include_router(
-        admin_router(
-            KeyRing.from_settings(settings), read_letters or dead_letter_reader(settings), replay
-        )
+        admin_router(KeyRing.from_settings(settings), pages, replayer, settings.dlq_page_size)
     )
     return app
 

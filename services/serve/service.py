@@ -48,6 +48,7 @@ from services.serve.core.predict import (
     fallback_answer,
     prediction_event,
     scored_answer,
+    with_stale_sources,
 )
 from services.serve.core.priority import (
     DEADLINE_EXCEEDED,
@@ -150,6 +151,17 @@ class InferenceService:
         self._clock = clock
         self._views = {
             m.name: [(v.name, v.version) for v in definitions.views_of_model(m)]
+            for m in definitions.models
+        }
+        # Per model, the polled sources of its inputs: reported stale while they are down.
+        self._polled = {
+            m.name: sorted(
+                {
+                    v.source
+                    for v in definitions.views_of_model(m)
+                    if definitions.source(v.source).poll
+                }
+            )
             for m in definitions.models
         }
         self._stop = asyncio.Event()
@@ -300,6 +312,8 @@ class InferenceService:
                     i.reasons = (DEADLINE_EXCEEDED,)
                 need = []
         stored = {id(i): f for i, f in zip(need, found, strict=True)}
+        polled = any(self._polled[i.model.name] for i in items)
+        stale = await self.reader.stale_sources() if polled else {}
         for i in items:
             if i.served is None:
                 i.reasons = (NO_MODEL,)
@@ -307,6 +321,9 @@ class InferenceService:
                 vectors = stored.get(id(i), {})
                 mine = {v: vectors[v] for v, _ in self._views[i.model.name] if v in vectors}
                 i.features = assemble_features(i.model, mine, i.req.features, now)
+                if i.features is not None and stale:
+                    down = [s for s in self._polled[i.model.name] if s in stale]
+                    i.features = with_stale_sources(i.features, down)
                 if i.features is None:
                     i.reasons = (NO_FEATURES,)
                 elif self.cache.enabled and not i.features.reasons:

@@ -54,6 +54,31 @@ REDIS_OOM = Counter(
     "signalops_redis_oom_total", "Online-store writes refused because Redis is out of memory"
 )
 
+HTTP_IN_FLIGHT = Gauge(
+    "signalops_http_in_flight_requests",
+    "Requests being served that count against the service's concurrency limit",
+    ["service"],
+)
+HTTP_REFUSED = Counter(
+    "signalops_http_refused_total",
+    "Requests answered 503 at once, before their body was read, by reason",
+    ["service", "reason"],
+)
+
+# Ingest's schema drift and data quality (issue 9); here because alert rules use them.
+SCHEMA_DRIFT = Counter(
+    "signalops_ingest_schema_drift_total",
+    "Schema drift sightings per source and kind (unknown_field, missing_optional, "
+    "type_coerced pass; missing_required, type_changed, new_version are dead-lettered)",
+    ["source", "kind"],
+)
+QUALITY_BREACH = Gauge(
+    "signalops_ingest_quality_breach",
+    "1 while a source field's quality check is beyond its threshold (check: null, "
+    "out_of_range, outlier; freshness with field '*')",
+    ["source", "field", "check"],
+)
+
 INFO = Gauge("signalops_up", "1 while the service runs", ["service"])
 
 

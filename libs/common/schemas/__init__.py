@@ -6,6 +6,7 @@ from libs.common.schemas.dead_letters import DeadLetter
 from libs.common.schemas.models import DriftDetected, ModelChanged
 from libs.common.schemas.outcomes import Outcome
 from libs.common.schemas.predictions import ModelRef, PredictionMade, Variant
+from libs.common.schemas.schema_events import SchemaDriftDetected
 from libs.common.schemas.signals import FieldValue, Signal
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "Outcome",
     "PredictionMade",
     "RetrainModel",
+    "SchemaDriftDetected",
     "Signal",
     "Variant",
     "new_id",

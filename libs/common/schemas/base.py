@@ -6,9 +6,18 @@ import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_serializer,
+)
 
 
 def utcnow() -> datetime:
@@ -25,6 +34,39 @@ def stable_id(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def _has_utc_form(v: datetime) -> datetime:
+    # Year 1 with a positive offset, or 9999 with a negative one, has no UTC form: it
+    # passed validation and then failed serialisation (found by fuzzing ingest, issue 9).
+    # Only those two years can overflow; the year test keeps the hot path cheap.
+    if v.year in (1, 9999):
+        try:
+            v.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("time has no UTC form (outside years 1 to 9999 in UTC)") from None
+    return v
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_has_utc_form)]
+"""An aware time that can be written in UTC, as every message serialises its times."""
+
+_AWARE = TypeAdapter(UtcDatetime)
+
+
+def canonical_time(value: Any) -> str:
+    """`value` as the UTC text every message serialises (`...Z`, no zero fraction) when
+    it parses as an aware time the way the schemas parse it; else its text form (the
+    record fails validation anyway, and its id must still be stable).
+    """
+    try:
+        return _iso_utc(_AWARE.validate_python(value))
+    except ValidationError:
+        return str(value)
+
+
+def _iso_utc(v: datetime) -> str:
+    return v.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def with_content_id(
     data: Any, fields: tuple[str, ...], *, prefix: tuple[str, ...] = (), **defaults: Any
 ) -> Any:
@@ -32,13 +74,16 @@ def with_content_id(
 
     The one rule for content-derived ids of signals and outcomes: a record resent
     without an id gets the same id, so downstream deduplicates it. `event_time` is
-    hashed as its text form; a missing field takes its default from `defaults`.
+    hashed as its UTC instant (`canonical_time`), so a retry that writes the same
+    instant differently ("Z", "+01:00", ".000") gets the same id (issue 9); a missing
+    field takes its default from `defaults`.
     """
     if not isinstance(data, dict) or data.get("event_id"):
         return data
     data = dict(data)
     values = [
-        str(data.get(f)) if f == "event_time" else data.get(f, defaults.get(f)) for f in fields
+        canonical_time(data.get(f)) if f == "event_time" else data.get(f, defaults.get(f))
+        for f in fields
     ]
     data["event_id"] = stable_id(*prefix, *values)
     return data
@@ -56,12 +101,12 @@ class Message(BaseModel):
 
     message_version: int = Field(1, ge=1)
     event_id: str = Field(default_factory=new_id, min_length=1, max_length=128)
-    event_time: AwareDatetime = Field(default_factory=utcnow)
-    produced_at: AwareDatetime = Field(default_factory=utcnow)
+    event_time: UtcDatetime = Field(default_factory=utcnow)
+    produced_at: UtcDatetime = Field(default_factory=utcnow)
 
     @field_serializer("event_time", "produced_at")
     def _iso(self, v: datetime) -> str:
-        return v.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return _iso_utc(v)
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()

@@ -20,6 +20,11 @@ class DeadLetter(Message):
     source: str = Field(examples=["sensors", "http"])
     reason: str = Field(examples=["invalid_field"])
     detail: str = ""
+    errors: list[str] = Field(
+        default_factory=list,
+        description="Every validation error found (detail explains the first ones).",
+        examples=[["fields.temperature: Input should be a valid number (got 'hot')"]],
+    )
     original_topic: str | None = None
     original_key: str | None = None
     original_b64: str

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import AwareDatetime, Field, field_serializer, model_validator
+from pydantic import Field, field_serializer, model_validator
 
-from libs.common.schemas.base import Message, with_content_id
+from libs.common.schemas.base import Message, UtcDatetime, with_content_id
 
 FieldValue = float | int | bool | str | None
 
@@ -19,6 +19,12 @@ class Signal(Message):
     derived from the content when absent, so a resent record is a duplicate.
     `ingested_at` is lineage set by ingest when it accepts the record (issue 7): a
     client's value is overwritten, and it is not part of the content-derived id.
+    `stale` marks a polled source's cached snapshot re-emitted while the source is
+    down (issue 9), `snapshot_at` the time of that snapshot's poll: lineage set by
+    ingest only, outside the content-derived id (a re-emission keeps the record's id).
+    `late` marks an event older than its source's allowed lateness accepted under
+    `late_policy: accept_flagged`, `ingest_version` the build of ingest that accepted
+    it: lineage too, set by ingest only and outside the id.
     """
 
     source: str = Field(min_length=1, max_length=64, examples=["sensors"])
@@ -26,7 +32,11 @@ class Signal(Message):
     fields: dict[str, FieldValue] = Field(examples=[{"temperature": 71.3, "status": "ok"}])
     schema_version: int = Field(1, ge=1)
     event_id: str = Field("", max_length=128)
-    ingested_at: AwareDatetime | None = Field(None, examples=["2026-11-22T10:00:01Z"])
+    ingested_at: UtcDatetime | None = Field(None, examples=["2026-11-22T10:00:01Z"])
+    stale: bool = False
+    late: bool = False
+    ingest_version: str | None = Field(None, max_length=64, examples=["0.1.0"])
+    snapshot_at: UtcDatetime | None = Field(None, examples=["2026-11-22T09:59:30Z"])
 
     @model_validator(mode="before")
     @classmethod
@@ -37,6 +47,6 @@ class Signal(Message):
             schema_version=1,
         )
 
-    @field_serializer("ingested_at")
+    @field_serializer("ingested_at", "snapshot_at")
     def _iso_ingested(self, v: datetime | None) -> str | None:
         return None if v is None else v.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -8,7 +8,7 @@ loads the states, calls `update_views`, and writes what it returns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,10 @@ class ValidSignal:
     fields: dict[str, Any]
     ts: float  # event time
     arrival_ts: float  # when ingest accepted it (`ingested_at`), else `produced_at`
+    # A polled source's cached snapshot re-emitted while the source is down (issue 9):
+    # events already applied when first polled, so never applied again.
+    stale: bool = False
+    snapshot_ts: float | None = None  # a stale record's snapshot poll time
 
     @classmethod
     def of(cls, signal: Signal) -> ValidSignal:
@@ -58,6 +62,8 @@ class ValidSignal:
             signal.fields,
             signal.event_time.timestamp(),
             (signal.ingested_at or signal.produced_at).timestamp(),
+            signal.stale,
+            None if signal.snapshot_at is None else signal.snapshot_at.timestamp(),
         )
 
 
@@ -91,6 +97,20 @@ class ViewUpdate:
     states: States
     applied: Applied
     vectors: list[FeatureVector | None]
+
+
+def source_staleness(
+    records: Sequence[Positioned], polled: Collection[str]
+) -> dict[str, float | None]:
+    """Per polled source of the batch, the snapshot time when its last record (arrival
+    order) is a stale re-emission, None when it is fresh: what serve reports (issue 9).
+    """
+    last: dict[str, float | None] = {}
+    for r in records:
+        s = r.signal
+        if s.source in polled:
+            last[s.source] = (s.snapshot_ts or s.arrival_ts) if s.stale else None
+    return last
 
 
 def plans_by_source(definitions: Definitions) -> dict[str, list[ViewPlan]]:

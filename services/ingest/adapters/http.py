@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from libs.common.definitions import Definitions
 from libs.common.errors import DependencyUnavailable
+from libs.common.http import ConcurrencyLimit
 from libs.common.observability import get_logger, tracer
 from libs.common.schemas import Message, Outcome, Signal
 from services.ingest.core.batch import RecordItem, split_body
@@ -25,6 +26,7 @@ from services.ingest.core.verdicts import BatchResult
 from services.ingest.errors import BatchTooLarge, InvalidBody
 from services.ingest.handlers import IngestHandler
 from services.ingest.settings import IngestSettings
+from services.ingest.spool import SpoolFull
 
 # None when ready, else the reason it is not.
 Readiness = Callable[[], Awaitable[str | None]]
@@ -45,9 +47,16 @@ def create_app(
     readiness: Readiness = always_ready,
     liveness: Callable[[], list[str]] = list,
     lifespan: Lifespan | None = None,
+    ready_details: Callable[[], dict[str, object]] = dict,
 ) -> FastAPI:
-    """The FastAPI app; `lifespan` starts and stops what the app owns (Kafka)."""
+    """The FastAPI app; `lifespan` starts and stops what the app owns (Kafka);
+    `ready_details` adds to the /readyz body (the outage spool while it holds records).
+    """
     app = FastAPI(title="signalops ingest", version="1", lifespan=lifespan)
+    # Before any body is read: a flood of large bodies is answered 503, not buffered.
+    app.add_middleware(
+        ConcurrencyLimit, service="ingest", max_requests=settings.max_concurrent_requests
+    )
 
     @app.post("/v1/signals", status_code=202, openapi_extra=_body_doc(Signal, "signals"))
     async def post_signals(request: Request) -> Response:
@@ -61,8 +70,19 @@ def create_app(
 
     @app.get("/v1/sources")
     async def get_sources() -> dict[str, Any]:
-        """The registered sources with their versions and field schemas."""
-        return {"sources": [s.model_dump(mode="json") for s in definitions.sources]}
+        """The registered sources with their versions and field schemas, and what ingest
+        observed of each since it started: schema drift (counts by kind and field, first
+        and last seen) and data quality."""
+        observer = handler.observer
+        return {
+            "sources": [
+                {
+                    **s.model_dump(mode="json"),
+                    **({"observed": observer.report(s.name)} if observer is not None else {}),
+                }
+                for s in definitions.sources
+            ]
+        }
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -75,8 +95,10 @@ def create_app(
     async def readyz() -> Response:
         reason = await readiness()
         if reason is None:
-            return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
+            return JSONResponse({"status": "ready", **ready_details()})
+        return JSONResponse(
+            {"status": "not_ready", "reason": reason, **ready_details()}, status_code=503
+        )
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -132,6 +154,13 @@ async def _answer(pending: Awaitable[BatchResult]) -> BatchResult | Response:
     """
     try:
         return await pending
+    except SpoolFull as exc:
+        # The broker is down and the spool holds its limit: the client keeps its records.
+        return JSONResponse(
+            {"error": "spool_full", "detail": str(exc)},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
     except (KafkaError, TimeoutError, OSError, DependencyUnavailable) as exc:
         log.exception("publish_failed")
         return JSONResponse(

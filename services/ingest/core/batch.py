@@ -15,9 +15,12 @@ from typing import Any
 from services.ingest.errors import BatchTooLarge, InvalidBody
 
 _WS = re.compile(r"[ \t\n\r]*")
+_WS_CHARS = (" ", "\t", "\n", "\r")
 
 
 def _skip_ws(text: str, pos: int) -> int:
+    if text[pos : pos + 1] not in _WS_CHARS:  # compact JSON: no regex call per record
+        return pos
     m = _WS.match(text, pos)
     return m.end() if m else pos
 
@@ -29,6 +32,26 @@ def _reject_constant(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+# JSON lets `\ud800` (a UTF-16 surrogate escape without its pair) through, but the
+# string it makes is not text: it cannot be encoded to UTF-8, so the record could not
+# be published (found by fuzzing, issue 9). Only a body holding such an escape is
+# checked further.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = (
+    "a string holds a lone UTF-16 surrogate escape (\\ud800 to \\udfff without its "
+    "pair); it is not text: send valid Unicode"
+)
+
+
+def _has_lone_surrogate(text: str, value: Any) -> bool:
+    if not _SURROGATE_ESCAPE.search(text):
+        return False
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):  # deep enough to fail here: refused too
+        return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +75,24 @@ def parse_json(data: bytes | str) -> Any:
     Raises:
         InvalidBody: naming what is wrong and where.
     """
+    text = data if isinstance(data, str) else _utf8(data)
+    value = _decode(text)
+    if _has_lone_surrogate(text, value):
+        raise InvalidBody(_LONE_SURROGATE)
+    return value
+
+
+def _utf8(data: bytes) -> str:
     try:
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidBody(
             f"body is not UTF-8 ({exc.reason} at byte {exc.start}); send UTF-8 encoded JSON"
         ) from None
+
+
+def _decode(text: str) -> Any:
+    """JSON without the surrogate check."""
     try:
         return _DECODER.decode(text)
     except json.JSONDecodeError as exc:
@@ -78,22 +113,90 @@ def split_body(body: bytes, *, wrapper: str, max_records: int) -> list[RecordIte
         max_records: most records accepted in one body.
 
     Returns:
-        One RecordItem per record, in body order; `record` is the parsed value.
+        One RecordItem per record, in body order; `record` is the parsed value, or
+        the record's bytes when they hold a lone surrogate (validation then rejects
+        that record alone as invalid_json).
 
     Raises:
         InvalidBody: the body is not (strict) JSON.
         BatchTooLarge: the body holds more than `max_records` records.
     """
-    value = parse_json(body)
-    text = body.decode("utf-8")
+    text = _utf8(body)
+    spans = _scan_batch(text, wrapper)
+    if spans is None:
+        return _split_parsed(text, body, wrapper=wrapper, max_records=max_records)
+    if len(spans) > max_records:
+        raise BatchTooLarge(
+            f"{len(spans)} records in one request; the limit is {max_records}, split the batch"
+        )
+    return _items(text, spans)
+
+
+def _split_parsed(text: str, body: bytes, *, wrapper: str, max_records: int) -> list[RecordItem]:
+    """split_body by parsing the whole body first, then each record again: any body,
+    and the error messages of a full parse."""
+    value = _decode(text)
     start = _skip_ws(text, 0)
     if isinstance(value, list):
         spans = _array_items(text, start, value, max_records)
     elif isinstance(value, dict) and list(value) == [wrapper] and isinstance(value[wrapper], list):
         spans = _array_items(text, _member_start(text, start, wrapper), value[wrapper], max_records)
     else:
+        if _has_lone_surrogate(text, value):
+            raise InvalidBody(_LONE_SURROGATE)
         return [RecordItem(0, body, value)]
-    return [RecordItem(i, text[a:b].encode("utf-8"), v) for i, (a, b, v) in enumerate(spans)]
+    return _items(text, spans)
+
+
+def _items(text: str, spans: list[tuple[int, int, Any]]) -> list[RecordItem]:
+    if not _SURROGATE_ESCAPE.search(text):
+        return [RecordItem(i, text[a:b].encode("utf-8"), v) for i, (a, b, v) in enumerate(spans)]
+    items = []
+    for i, (a, b, v) in enumerate(spans):
+        raw = text[a:b].encode("utf-8")
+        items.append(RecordItem(i, raw, raw if _has_lone_surrogate(text[a:b], v) else v))
+    return items
+
+
+def _scan_batch(text: str, wrapper: str) -> list[tuple[int, int, Any]] | None:
+    """(start, end, value) of each record of a well-formed array or `{"<wrapper>": [...]}`
+    body, parsing each record once; None for any other body, or one that is not
+    valid JSON (the full parse then handles it and says what is wrong)."""
+    pos = _skip_ws(text, 0)
+    closing = ""
+    if text.startswith("{", pos):
+        # Only the plain spelling of the one key; escapes or more members: full parse.
+        head = re.compile(r'\{[ \t\n\r]*"' + re.escape(wrapper) + r'"[ \t\n\r]*:[ \t\n\r]*')
+        m = head.match(text, pos)
+        if m is None:
+            return None
+        pos, closing = m.end(), "}"
+    if not text.startswith("[", pos):
+        return None
+    spans: list[tuple[int, int, Any]] = []
+    pos = _skip_ws(text, pos + 1)
+    if text.startswith("]", pos):
+        pos += 1
+    else:
+        while True:
+            try:
+                item, end = _DECODER.raw_decode(text, pos)
+            except (ValueError, RecursionError):
+                return None
+            spans.append((pos, end, item))
+            pos = _skip_ws(text, end)
+            sep, pos = text[pos : pos + 1], pos + 1
+            if sep == "]":
+                break
+            if sep != ",":
+                return None
+            pos = _skip_ws(text, pos)
+    if closing:
+        pos = _skip_ws(text, pos)
+        if not text.startswith(closing, pos):
+            return None
+        pos += 1
+    return spans if _skip_ws(text, pos) == len(text) else None
 
 
 def _array_items(

@@ -1,4 +1,7 @@
-"""Field values against a source's versioned field schema: type, bounds, allowed values."""
+"""Field values against a source's versioned field schema: type, bounds, allowed values.
+
+Also where schema drift is met (services/ingest/core/schema_drift.py).
+"""
 
 from __future__ import annotations
 
@@ -9,15 +12,26 @@ from typing import Any
 from libs.common.definitions import FieldSpec, FieldType, SourceDefinition
 from libs.common.errors import RecordInvalid
 from services.ingest.core._describe import json_type, show
-from services.ingest.core.reasons import (
-    MISSING_FIELD,
-    NOT_ALLOWED,
-    OUT_OF_RANGE,
+from services.ingest.core.reasons import MISSING_FIELD, NOT_ALLOWED, OUT_OF_RANGE, WRONG_TYPE
+from services.ingest.core.schema_drift import (
+    MISSING_OPTIONAL,
+    MISSING_REQUIRED,
+    TYPE_CHANGED,
+    TYPE_COERCED,
     UNKNOWN_FIELD,
-    WRONG_TYPE,
+    DriftTally,
+    coerce,
 )
+from services.ingest.errors import SourceRecordInvalid
 
 _INT64 = 2**63
+
+_PYTHON_TYPE = {
+    FieldType.int: int,
+    FieldType.float: float,
+    FieldType.bool: bool,
+    FieldType.str: str,
+}
 
 EXPECTED = {
     FieldType.int: "an integer",
@@ -27,34 +41,66 @@ EXPECTED = {
 }
 
 
-def check_fields(fields: Mapping[str, Any], source: SourceDefinition) -> None:
-    """Check field values against the source's field schema.
+def check_fields(
+    fields: Mapping[str, Any], source: SourceDefinition, tally: DriftTally | None = None
+) -> Mapping[str, Any]:
+    """Check field values against the source's field schema; tally its drift.
 
-    A null value counts as absent: allowed for optional fields, missing for required ones.
+    A null value counts as absent: allowed for optional fields, missing for required
+    ones. Additive drift passes (services/ingest/core/schema_drift.py): an unknown
+    field is dropped from the result, a number of the other JSON number type is
+    converted; each is tallied in `tally`, as are the breaking kinds raised here.
+
+    Returns:
+        The fields to publish: `fields` itself when nothing was dropped or converted.
 
     Raises:
-        RecordInvalid: unknown_field, missing_field, wrong_type, out_of_range, not_allowed.
+        SourceRecordInvalid: missing_field, wrong_type, out_of_range, not_allowed (with
+            the field's name).
     """
-    unknown = sorted(set(fields) - set(source.fields))
-    if unknown:
-        raise RecordInvalid(
-            UNKNOWN_FIELD,
-            detail=f"field {_names(unknown)} not in source {source.name!r} version "
-            f"{source.version} (known: {', '.join(sorted(source.fields))}); remove it, or add "
-            "it to the source in the definitions file with a new version",
-        )
-    for name, spec in source.fields.items():
+    specs = source.fields
+    src = source.name
+    out = fields
+    if not fields.keys() <= specs.keys():
+        # Additive: the record keeps its declared fields; the rest is reported as drift.
+        out = {k: v for k, v in fields.items() if k in specs}
+        if tally is not None:
+            for name in fields.keys() - specs.keys():
+                tally[(src, UNKNOWN_FIELD, name, json_type(fields[name]))] += 1
+    for name, spec in specs.items():
         value = fields.get(name)
         if value is None:
+            state = "null" if name in fields else "absent"
             if spec.required:
-                state = "null" if name in fields else "missing"
-                raise RecordInvalid(
+                if tally is not None:
+                    tally[(src, MISSING_REQUIRED, name, state)] += 1
+                raise SourceRecordInvalid(
                     MISSING_FIELD,
-                    detail=f"required field {name!r} of source {source.name!r} is {state}; "
-                    f"send {EXPECTED[spec.type]}",
+                    detail=f"required field {name!r} of source {src!r} is "
+                    f"{'missing' if state == 'absent' else 'null'}; send {EXPECTED[spec.type]}",
+                    source=src,
+                    field=name,
                 )
+            if state == "absent" and tally is not None:
+                tally[(src, MISSING_OPTIONAL, name, state)] += 1
             continue
-        check_value(name, value, spec)
+        if type(value) is not _PYTHON_TYPE[spec.type]:
+            coerced = coerce(value, spec.type)
+            if coerced is not value:
+                if tally is not None:
+                    tally[(src, TYPE_COERCED, name, json_type(value))] += 1
+                if out is fields:
+                    out = dict(fields)
+                out[name] = value = coerced  # type: ignore[index]  # a dict once copied
+        try:
+            check_value(name, value, spec)
+        except RecordInvalid as exc:
+            if exc.reason == WRONG_TYPE and tally is not None:
+                tally[(src, TYPE_CHANGED, name, json_type(value))] += 1
+            raise SourceRecordInvalid(
+                exc.reason, detail=exc.detail, source=src, field=name
+            ) from None
+    return out
 
 
 def check_value(name: str, value: Any, spec: FieldSpec) -> None:
@@ -116,7 +162,3 @@ def _bounds(spec: FieldSpec) -> str:
     lo = f"{spec.min:g}" if spec.min is not None else "-inf"
     hi = f"{spec.max:g}" if spec.max is not None else "inf"
     return f"[{lo}, {hi}]"
-
-
-def _names(names: list[str]) -> str:
-    return ", ".join(repr(n) for n in names[:5]) + (" ..." if len(names) > 5 else "")

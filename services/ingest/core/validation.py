@@ -24,13 +24,15 @@ from services.ingest.core.reasons import (
     INVALID_ENVELOPE,
     INVALID_JSON,
     OUT_OF_RANGE,
+    SCHEMA_BREAKING,
     SCHEMA_VERSION_MISMATCH,
     TOO_LARGE,
     TOO_LATE,
     UNKNOWN_MODEL,
     UNKNOWN_SOURCE,
 )
-from services.ingest.errors import InvalidBody
+from services.ingest.core.schema_drift import NEW_VERSION, VERSION_FIELD, DriftTally
+from services.ingest.errors import InvalidBody, SourceRecordInvalid
 
 _SIGNAL_SHAPE = (
     "a signal is {source, entity_id, event_time (ISO 8601 with timezone), fields, "
@@ -43,24 +45,43 @@ _OUTCOME_SHAPE = (
 M = TypeVar("M", bound=Message)
 
 
-def validate_signal(record: bytes | Any, definitions: Definitions, now: datetime) -> Signal:
+def validate_signal(
+    record: bytes | Any,
+    definitions: Definitions,
+    now: datetime,
+    *,
+    tally: DriftTally | None = None,
+    ingest_version: str | None = None,
+) -> Signal:
     """Validate one signal against its envelope and its source definition.
 
     Args:
         record: the record's bytes (parsed here) or its already parsed JSON value.
         definitions: the registered sources.
         now: the current time (aware), for the lateness and future-skew bounds.
+        tally: where the record's schema drift is counted (core/schema_drift.py).
+        ingest_version: the build of ingest, stamped on the signal (lineage).
 
     Returns:
-        The signal, with `event_id` derived from its content when absent and
-        `ingested_at` set to `now` (whatever the client sent: lineage is ingest's).
+        The signal, with `event_id` derived from its content when absent,
+        `ingested_at` set to `now` and `ingest_version` (whatever the client sent:
+        lineage is ingest's), unknown fields dropped and numbers converted to their
+        declared type, and `late` set when its source accepts late events flagged.
 
     Raises:
         RecordInvalid: with one of the reason codes of this module.
     """
     # Ingest's own lineage (issue 7): a client's `ingested_at` is replaced before any
-    # check, so it can neither be forged nor get a record rejected.
-    data = {**_as_object(record, _SIGNAL_SHAPE), "ingested_at": now}
+    # check, so it can neither be forged nor get a record rejected. Only the poller
+    # marks a record stale (issue 9), after validation.
+    data = {
+        **_as_object(record, _SIGNAL_SHAPE),
+        "ingested_at": now,
+        "stale": False,
+        "snapshot_at": None,
+        "late": False,
+        "ingest_version": ingest_version,
+    }
     fields = data.get("fields")
     if not isinstance(fields, dict):
         raise RecordInvalid(
@@ -76,8 +97,12 @@ def validate_signal(record: bytes | Any, definitions: Definitions, now: datetime
             "integer, e.g. 1",
         )
     # The envelope first, without the fields: they are checked against the source below,
-    # where a wrong value can be named with the type the source expects.
-    envelope = _model(Signal, {**data, "fields": {}}, _SIGNAL_SHAPE)
+    # where a wrong value can be named with the type the source expects. A placeholder
+    # id spares hashing a content id the envelope would throw away (the final model
+    # derives the real one).
+    envelope = _model(
+        Signal, {**data, "fields": {}, "event_id": data.get("event_id") or "-"}, _SIGNAL_SHAPE
+    )
     try:
         source = definitions.source(envelope.source)
     except KeyError:
@@ -87,6 +112,20 @@ def validate_signal(record: bytes | Any, definitions: Definitions, now: datetime
             f"{', '.join(sorted(s.name for s in definitions.sources))}); fix the name or add "
             "the source to the definitions file",
         ) from None
+    if version > source.version:
+        # A version the definitions do not know yet: quarantined (dead-lettered) until
+        # they declare it, then replayed (README "Schema drift").
+        if tally is not None:
+            tally[(source.name, NEW_VERSION, VERSION_FIELD, str(version))] += 1
+        raise SourceRecordInvalid(
+            SCHEMA_BREAKING,
+            detail=f"schema_version {version} is newer than source {source.name!r}'s "
+            f"registered version {source.version}; declare version {version} of its fields "
+            "in the definitions file, restart ingest and replay (signalops dlq replay "
+            "--reason schema_breaking), or send version "
+            f"{source.version}",
+            source=source.name,
+        )
     if version != source.version:
         raise RecordInvalid(
             SCHEMA_VERSION_MISMATCH,
@@ -94,14 +133,20 @@ def validate_signal(record: bytes | Any, definitions: Definitions, now: datetime
             f"{source.version}; send schema_version {source.version} with its field schema "
             "(GET /v1/sources)",
         )
-    check_fields(fields, source)
-    check_event_time(
-        envelope.event_time,
-        now,
-        lateness_s=source.allowed_lateness_s,
-        future_skew_s=source.max_future_skew_s,
-        owner=f"source {source.name!r}",
-    )
+    data["fields"] = check_fields(fields, source, tally)
+    flag_late = source.late_policy == "accept_flagged"
+    try:
+        check_event_time(
+            envelope.event_time,
+            now,
+            lateness_s=math.inf if flag_late else source.allowed_lateness_s,
+            future_skew_s=source.max_future_skew_s,
+            owner=f"source {source.name!r}",
+        )
+    except RecordInvalid as exc:
+        raise SourceRecordInvalid(exc.reason, detail=exc.detail, source=source.name) from None
+    if flag_late and (now - envelope.event_time).total_seconds() > source.allowed_lateness_s:
+        data["late"] = True
     return _model(Signal, data, _SIGNAL_SHAPE)
 
 
@@ -226,9 +271,11 @@ def _model(model: type[M], data: dict[str, Any], shape: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
+        each = [
             f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}"
             + (f" (got {show(e['input'])})" if e["type"] != "missing" else "")
-            for e in exc.errors()[:3]
-        )
-        raise RecordInvalid(INVALID_ENVELOPE, detail=f"{problems}; {shape}") from None
+            for e in exc.errors()
+        ]
+        raise RecordInvalid(
+            INVALID_ENVELOPE, detail=f"{'; '.join(each[:3])}; {shape}", errors=each
+        ) from None

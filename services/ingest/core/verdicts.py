@@ -33,24 +33,31 @@ class Rejected:
 
 @dataclass
 class Judged:
-    """Records split into valid messages and rejections, each with its item."""
+    """Records split into valid messages, rejections and duplicates, each with its item."""
 
     valid: list[tuple[RecordItem, Message]] = field(default_factory=list)
     rejected: list[tuple[RecordItem, RecordInvalid]] = field(default_factory=list)
+    duplicates: list[tuple[RecordItem, Message]] = field(default_factory=list)
 
 
 @dataclass
 class BatchResult:
-    """What the client is told: per-record acceptance or reason, in request order."""
+    """What the client is told: per-record acceptance or reason, in request order.
+
+    `duplicates` were valid but already accepted within the dedup window (or earlier
+    in the same batch): not published again, and not rejections.
+    """
 
     accepted: list[Accepted] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    duplicates: list[Accepted] = field(default_factory=list)
 
     @classmethod
     def of(cls, judged: Judged) -> BatchResult:
         return cls(
             accepted=[Accepted(item.index, m.event_id) for item, m in judged.valid],
             rejected=[Rejected(item.index, e.reason, e.detail) for item, e in judged.rejected],
+            duplicates=[Accepted(item.index, m.event_id) for item, m in judged.duplicates],
         )
 
     def to_json(self) -> dict[str, list[dict[str, Any]]]:
@@ -59,6 +66,7 @@ class BatchResult:
             "rejected": [
                 {"index": r.index, "reason": r.reason, "detail": r.detail} for r in self.rejected
             ],
+            "duplicates": [{"index": d.index, "event_id": d.event_id} for d in self.duplicates],
         }
 
 

@@ -7,6 +7,7 @@ waiting out its own timeouts; the breaker (aiobreaker) fails them at once while 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from libs.common.clients.redis.base import FeatureStore, StoredVector
@@ -16,6 +17,8 @@ from libs.common.resilience import Policy
 from services.serve.errors import FeatureStoreUnavailable
 
 log = get_logger(__name__)
+# How old the replica's view of which polled sources are stale may be (issue 9).
+STALE_REFRESH_S = 1.0
 
 
 class GuardedFeatureReader:
@@ -26,6 +29,8 @@ class GuardedFeatureReader:
     ) -> None:
         self._store = store
         self._timeout_s = timeout_s
+        self._stale: dict[str, float] = {}
+        self._stale_read_at = -STALE_REFRESH_S
         # One attempt: the request's own budget has no room for a retry; the breaker
         # makes the following requests fail fast while Redis is down.
         self.policy = Policy(
@@ -47,6 +52,21 @@ class GuardedFeatureReader:
         except Exception as exc:
             log.warning("feature_read_failed", error=repr(exc), entities=len(entity_ids))
             raise FeatureStoreUnavailable(f"feature store read failed: {exc!r}") from exc
+
+    async def stale_sources(self) -> dict[str, float]:
+        """Sources re-emitted from a cached snapshot now (source -> snapshot time), read
+        from the store at most every STALE_REFRESH_S; never fails a request: when the
+        store does not answer, the last known answer stands.
+        """
+        now = time.monotonic()
+        if now - self._stale_read_at < STALE_REFRESH_S:
+            return self._stale
+        self._stale_read_at = now  # concurrent requests meanwhile take the last answer
+        try:
+            self._stale = await self.policy.call_once(self._store.stale_sources)
+        except Exception as exc:
+            log.warning("stale_sources_unread", error=repr(exc))
+        return self._stale
 
     @property
     def state(self) -> str:

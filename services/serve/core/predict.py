@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
 from typing import Protocol
@@ -33,6 +33,8 @@ from services.serve.schemas import PredictionAnswer
 NO_MODEL = "no_model"
 NO_FEATURES = "no_features"
 PARTIAL_FEATURES = "partial_features"
+# "stale_source:<name>": a polled source's inputs come from its cached snapshot (issue 9).
+STALE_SOURCE = "stale_source"
 FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
 MODEL_FAILED = "model_failed"  # the main model raised
 MODEL_TIMEOUT = "model_timeout"  # the main model did not answer within its budget
@@ -224,6 +226,15 @@ class FeatureRow:
     features: dict[str, float | str | None]
     freshness_s: float | None
     reasons: tuple[str, ...] = ()
+
+
+def with_stale_sources(row: FeatureRow, sources: Sequence[str]) -> FeatureRow:
+    """`row` with a `stale_source:<name>` reason per source of its inputs that is down
+    and re-emitted from its cached snapshot (the answer is then degraded)."""
+    if not sources:
+        return row
+    stale = tuple(f"{STALE_SOURCE}:{s}" for s in sources)
+    return replace(row, reasons=row.reasons + stale)
 
 
 def check_supplied(model: ModelDefinition, supplied: Mapping[str, object] | None) -> None:

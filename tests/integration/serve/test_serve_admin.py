@@ -141,6 +141,7 @@ def admin_calls(model: str) -> list[tuple[str, str, str, dict[str, Any] | None]]
         ("serve", "POST", "/v1/admin/reload", None),
         ("serve", "POST", "/v1/admin/retrain", {"model": model}),
         ("ingest", "POST", "/v1/admin/dlq/replay", {}),
+        ("ingest", "GET", "/v1/admin/dlq", None),
     ]
 
 

@@ -171,6 +171,52 @@ async def test_a_batch_handled_twice_changes_nothing(handler: FeaturesHandler) -
     assert sorted(offsets) == [0, 1, 2, 3, 4]
 
 
+async def test_stale_re_emissions_are_not_counted_again(handler: FeaturesHandler) -> None:
+    """A polled source's snapshot re-emitted flagged stale (new Kafka positions, same
+    events) changes no state, vector or offline row: nothing is counted twice."""
+    store = handler.store
+    assert isinstance(store, MemoryFeatureStore) and handler.offline is not None
+    fresh = [_signal("d3", m, 20.0 + m) for m in range(3)]
+    await handler.on_valid_signals([_record(s, i) for i, s in enumerate(fresh)])
+    states, vector = dict(store.states), _stored(handler, "d3")
+
+    stale = [s.model_copy(update={"stale": True, "snapshot_at": T0}) for s in fresh]
+    await handler.on_valid_signals([_record(s, 3 + i) for i, s in enumerate(stale)])
+
+    assert store.states == states
+    again = _stored(handler, "d3")
+    assert vector is not None and again is not None and again.values == vector.values
+    assert again.values["events_1h"] == 3.0
+    assert sorted(_offline_ids(handler)) == sorted(s.event_id for s in fresh)
+
+
+async def test_stale_polled_source_is_marked_until_fresh_records_return() -> None:
+    """A polled source's stale re-emissions mark it stale in the store for serve (with
+    the snapshot's time); its next fresh record unmarks it."""
+    data = DEFINITIONS.model_dump(mode="json", exclude_none=True)
+    data["sources"][0]["poll"] = {
+        "url": "http://127.0.0.1:9/readings",
+        "mapping": {"entity_id": "id", "fields": {"temperature": "t"}},
+    }
+    store = MemoryFeatureStore()
+    handler = FeaturesHandler(
+        parse_definitions(data),
+        store,
+        DeadLetters(MemoryPublisher(), Topics().dlq, "features"),
+        Topics(),
+    )
+    first = _signal("d4", 0, 20.0)
+    await handler.on_valid_signals([_record(first, 0)])
+    assert store.stale == {}
+
+    stale = first.model_copy(update={"stale": True, "snapshot_at": T0})
+    await handler.on_valid_signals([_record(stale, 1)])
+    assert store.stale == {"sensors": T0.timestamp()}
+
+    await handler.on_valid_signals([_record(_signal("d4", 5, 21.0), 2)])
+    assert store.stale == {}
+
+
 async def test_unplaceable_records_are_dead_lettered_once_per_record(
     handler: FeaturesHandler,
 ) -> None:

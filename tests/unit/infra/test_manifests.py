@@ -22,6 +22,8 @@ from pydantic import BaseModel, ValidationError
 from libs.common.definitions import parse_definitions
 from libs.common.observability import metrics as signalops_metrics
 from libs.common.settings import Settings
+from services.ingest import spool as spool_metrics
+from services.ingest.sources import metrics as polled_source_metrics
 
 REPO = Path(__file__).resolve().parents[3]
 INFRA = REPO / "infra"
@@ -157,14 +159,16 @@ def _metric_names(expr: str) -> set[str]:
 
 
 def _known_series() -> set[str]:
-    """Series names libs/common/observability/metrics.py exposes."""
+    """Series names libs/common/observability/metrics.py (and the services' own metric
+    modules that alerts read) expose."""
     suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"]}
     suffixes["summary"] = ["", "_sum", "_count"]
     series = set()
-    for obj in vars(signalops_metrics).values():
-        if isinstance(obj, MetricWrapperBase):
-            for metric in obj.describe():
-                series.update(metric.name + s for s in suffixes[metric.type])
+    for module in (signalops_metrics, polled_source_metrics, spool_metrics):
+        for obj in vars(module).values():
+            if isinstance(obj, MetricWrapperBase):
+                for metric in obj.describe():
+                    series.update(metric.name + s for s in suffixes[metric.type])
     return series
 
 

@@ -56,7 +56,11 @@ async def test_one_signal_is_accepted_with_202(
     """A single valid signal answers 202 with its event id, after it was published."""
     response = await client.post("/v1/signals", json=make_signal(event_id="e-1"))
     assert response.status_code == 202
-    assert response.json() == {"accepted": [{"index": 0, "event_id": "e-1"}], "rejected": []}
+    assert response.json() == {
+        "accepted": [{"index": 0, "event_id": "e-1"}],
+        "rejected": [],
+        "duplicates": [],
+    }
     ((key, value),) = publisher.sent[topics.valid]
     assert (key, Signal.from_bytes(value).event_id) == ("device-1", "e-1")
 

@@ -16,9 +16,11 @@ from libs.common.definitions import Definitions
 from libs.common.schemas import DeadLetter, Signal
 from libs.common.settings import Topics
 from services.ingest.core import reasons, split_body
+from services.ingest.core.batch import _split_parsed, _utf8
 from services.ingest.core.verdicts import BatchResult
 from services.ingest.errors import BatchTooLarge, InvalidBody
 from services.ingest.handlers import IngestHandler
+from tests.unit.ingest.hostile_bodies import bodies
 
 T = TypeVar("T")
 REASONS = {v for k, v in vars(reasons).items() if k.isupper()}
@@ -186,3 +188,35 @@ def test_valid_signals_are_all_accepted_unchanged(
     assert [s.fields for s in published] == [r["fields"] for r in records]
     assert [k for k, _ in publisher.sent[TOPICS.valid]] == [r["entity_id"] for r in records]
     assert all(now - timedelta(hours=1) <= s.event_time for s in published)
+
+
+def _split_or_error(split: Any, body: bytes) -> Any:
+    try:
+        return [(i.index, i.raw, i.record) for i in split(body)]
+    except (InvalidBody, BatchTooLarge) as exc:
+        return type(exc), str(exc)
+
+
+@PROPERTY
+@given(
+    value=json_values | st.lists(signal_like, max_size=8) | st.lists(json_values, max_size=8),
+    wrapped=st.booleans(),
+    indent=st.none() | st.integers(0, 3),
+    separators=st.sampled_from([(",", ":"), (", ", ": "), (" ,\n", " :\t")]),
+    hostile=bodies(signal_like, "signals"),
+)
+def test_one_pass_split_equals_the_full_parse(
+    value: Any, wrapped: bool, indent: int | None, separators: tuple[str, str], hostile: Any
+) -> None:
+    """split_body's one-pass scan of arrays and wrappers gives the records, bytes and
+    errors of parsing the whole body first (the path it replaced, still the fallback)."""
+    text = json.dumps({"signals": value} if wrapped else value, indent=indent)
+    if indent is None:
+        text = json.dumps({"signals": value} if wrapped else value, separators=separators)
+    for body in (text.encode(), b" \n" + text.encode() + b"\t ", hostile.data):
+        assert _split_or_error(
+            lambda b: split_body(b, wrapper="signals", max_records=MAX_BATCH), body
+        ) == _split_or_error(
+            lambda b: _split_parsed(_utf8(b), b, wrapper="signals", max_records=MAX_BATCH),
+            body,
+        )

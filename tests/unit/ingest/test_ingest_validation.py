@@ -98,8 +98,15 @@ SIGNAL_REJECTIONS: list[tuple[str, Callable[[Record], Any], str, str]] = [
     (
         "newer_schema_version",
         envelope(schema_version=2),
+        "schema_breaking",
+        r"schema_version 2 is newer than source 'sensors'\'s registered version 1; declare "
+        r"version 2 of its fields in the definitions file",
+    ),
+    (
+        "older_schema_version",
+        lambda r: {**r, "source": "payments", "schema_version": 1, "fields": {"amount": 3.0}},
         "schema_version_mismatch",
-        r"schema_version is 2 but source 'sensors' is at version 1; send schema_version 1",
+        r"schema_version is 1 but source 'payments' is at version 2; send schema_version 2",
     ),
     (
         "default_version_vs_v2_source",
@@ -124,11 +131,10 @@ SIGNAL_REJECTIONS: list[tuple[str, Callable[[Record], Any], str, str]] = [
         r"required field 'temperature' of source 'sensors' is null; send a number",
     ),
     (
-        "unknown_field",
-        fields(humidity=40.0),
-        "unknown_field",
-        r"field 'humidity' not in source 'sensors' version 1 \(known: active, count, note, "
-        r"status, temperature\)",
+        "integral_float_for_int_out_of_range",
+        fields(count=101.0),
+        "out_of_range",
+        r"field 'count' is 101, above its maximum 100",
     ),
     (
         "str_for_float",
@@ -257,12 +263,14 @@ def test_signal_acceptances(
     definitions: Definitions,
     now: datetime,
 ) -> None:
-    """Valid signals pass unchanged: field values keep their JSON types."""
+    """Valid signals pass with their values; a number takes its field's declared type."""
     record = mutate(make_signal())
     signal = validate_signal(record, definitions, now)
     source = json.loads(record) if isinstance(record, bytes) else record
+    spec = definitions.source(signal.source).fields
+    declared = {"float": float, "int": int, "bool": bool, "str": str}
     assert signal.fields == source["fields"]
-    assert [type(v) for v in signal.fields.values()] == [type(v) for v in source["fields"].values()]
+    assert all(v is None or type(v) is declared[spec[k].type] for k, v in signal.fields.items())
 
 
 def test_event_id_is_derived_from_content(

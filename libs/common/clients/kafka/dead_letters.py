@@ -39,14 +39,17 @@ def dead_letter(
     detail: str = "",
     topic: str | None = None,
     key: str | None = None,
+    errors: list[str] | None = None,
 ) -> DeadLetter:
-    """The dead letter of one rejected record, with its deterministic id."""
+    """The dead letter of one rejected record, with its deterministic id; `errors`
+    defaults to the detail (the one error a validator that stops at the first saw)."""
     return DeadLetter(
         event_id=dead_letter_id(stage, reason, origin),
         stage=stage,
         source=source or "unknown",
         reason=reason,
         detail=detail[:2000],
+        errors=[e[:500] for e in (errors or [detail])[:50] if e],
         original_topic=topic,
         original_key=key,
         original_b64=base64.b64encode(original).decode(),

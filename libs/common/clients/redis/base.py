@@ -6,7 +6,7 @@ change never mixes old and new semantics (STYLE.md section 4).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,6 +29,10 @@ def state_key(view: str, version: int, fingerprint: str, entity_id: str) -> str:
 
 def vector_key(view: str, version: int, entity_id: str) -> str:
     return f"fv:{view}:v{version}:{entity_id}"
+
+
+# Hash of source name -> snapshot time of the sources whose signals are stale re-emissions.
+STALE_SOURCES_KEY = "sources:stale"
 
 
 class FeatureStore(Protocol):
@@ -54,6 +58,15 @@ class FeatureStore(Protocol):
         self, views: Sequence[tuple[str, int]], entity_ids: Sequence[str]
     ) -> list[dict[str, StoredVector]]:
         """For each entity: view name -> vector, views without a vector left out."""
+        ...
+
+    async def mark_sources(self, stale: Mapping[str, float], fresh: Sequence[str]) -> None:
+        """Mark sources served from a down polled source's cached snapshot (source ->
+        the snapshot's poll time, epoch seconds), and unmark `fresh` ones (issue 9)."""
+        ...
+
+    async def stale_sources(self) -> dict[str, float]:
+        """Every source marked stale, with its snapshot's poll time (epoch seconds)."""
         ...
 
     async def ping(self) -> bool: ...

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from libs.common.clients.redis.base import StoredVector, vector_key
@@ -12,6 +12,7 @@ from libs.common.clients.redis.base import StoredVector, vector_key
 class MemoryFeatureStore:
     states: dict[str, bytes] = field(default_factory=dict)
     vectors: dict[str, StoredVector] = field(default_factory=dict)
+    stale: dict[str, float] = field(default_factory=dict)
 
     async def load_states(self, keys: Sequence[str]) -> list[bytes | None]:
         return [self.states.get(k) for k in keys]
@@ -39,6 +40,14 @@ class MemoryFeatureStore:
             }
             for e in entity_ids
         ]
+
+    async def mark_sources(self, stale: Mapping[str, float], fresh: Sequence[str]) -> None:
+        self.stale.update(stale)
+        for source in fresh:
+            self.stale.pop(source, None)
+
+    async def stale_sources(self) -> dict[str, float]:
+        return dict(self.stale)
 
     async def ping(self) -> bool:
         return True

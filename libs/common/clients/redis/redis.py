@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from libs.common.clients.redis.base import StoredVector, vector_key
+from libs.common.clients.redis.base import STALE_SOURCES_KEY, StoredVector, vector_key
 from libs.common.errors import DependencyUnavailable
 from libs.common.observability.metrics import REDIS_OOM
 
@@ -152,6 +152,18 @@ class RedisFeatureStore:
             out.append(found)
         return out
 
+    async def mark_sources(self, stale: Mapping[str, float], fresh: Sequence[str]) -> None:
+        async with self._r.pipeline(transaction=True) as pipe:
+            for source, snapshot_at in stale.items():
+                pipe.hset(STALE_SOURCES_KEY, source, snapshot_at)
+            if fresh:
+                pipe.hdel(STALE_SOURCES_KEY, *fresh)
+            await _execute(pipe)
+
+    async def stale_sources(self) -> dict[str, float]:
+        found = await self._r.hgetall(STALE_SOURCES_KEY)
+        return {_text(k): float(v) for k, v in found.items()}
+
     async def ping(self) -> bool:
         try:
             return bool(await self._r.ping())
@@ -160,3 +172,7 @@ class RedisFeatureStore:
 
     async def close(self) -> None:
         await self._r.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,159 @@
+"""SpoolingPublisher with a fake broker: when records go straight through, when they are
+spooled, and that the drainer publishes them in order once the broker answers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from libs.common.clients.kafka import MemoryPublisher
+from libs.common.clients.kafka.base import Outgoing
+from libs.common.errors import DependencyUnavailable
+from libs.common.schemas import Signal
+from services.ingest.spool import FileSpool
+from services.ingest.spooling import SpoolingPublisher
+
+
+@dataclass
+class FlakyBroker(MemoryPublisher):
+    """A MemoryPublisher that is down (DependencyUnavailable), holds every publish until
+    `gate` opens (a frozen broker), or fails with `error`."""
+
+    down: bool = False
+    error: Exception | None = None
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.gate.set()
+
+    async def publish_many(self, items: Sequence[Outgoing]) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.down:
+            raise DependencyUnavailable("kafka", "circuit open")
+        await self.gate.wait()
+        await super().publish_many(items)
+
+
+def signals(first: int, count: int) -> list[Outgoing]:
+    return [
+        (
+            "signals.valid",
+            Signal(source="sensors", entity_id=f"d-{n % 2}", fields={"n": n}, event_id=f"e{n}"),
+            f"d-{n % 2}",
+        )
+        for n in range(first, first + count)
+    ]
+
+
+def published(broker: MemoryPublisher) -> list[str]:
+    return [m.event_id for m in broker.messages["signals.valid"]]
+
+
+async def eventually(check: Callable[[], bool], timeout_s: float = 10) -> None:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if check():
+                return
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture(name="make_spooler")
+def _make_spooler(tmp_path: Path) -> Callable[[FlakyBroker], SpoolingPublisher]:
+    def make(broker: FlakyBroker) -> SpoolingPublisher:
+        spool = FileSpool(tmp_path / "spool", max_bytes=1 << 20, segment_bytes=4096)
+        return SpoolingPublisher(broker, spool, publish_timeout_s=0.2, max_backoff_s=0.05)
+
+    return make
+
+
+async def test_records_go_straight_to_an_answering_broker(
+    make_spooler: Callable[[FlakyBroker], SpoolingPublisher],
+) -> None:
+    """Broker up, spool empty: published directly, nothing spooled, no status shown."""
+    broker = FlakyBroker()
+    spooler = make_spooler(broker)
+    async with spooler.running():
+        await spooler.publish_many(signals(0, 3))
+        assert published(broker) == ["e0", "e1", "e2"]
+        assert spooler.spool.pending_records == 0
+        assert spooler.status() == {}
+
+
+async def test_an_outage_spools_and_later_records_queue_behind_until_drained(
+    make_spooler: Callable[[FlakyBroker], SpoolingPublisher],
+) -> None:
+    """Broker down: the batch is spooled; once it answers, a new batch still goes behind
+    the spooled one, and the drainer publishes both in their order."""
+    broker = FlakyBroker(down=True)
+    spooler = make_spooler(broker)
+    async with spooler.running():
+        await spooler.publish_many(signals(0, 3))
+        assert spooler.status()["spooling"] == {
+            "records": 3,
+            "bytes": spooler.spool.pending_bytes,
+            "oldest_age_s": pytest.approx(0, abs=5),
+            "max_bytes": 1 << 20,
+        }
+        # The broker answers again while the spool still holds records: a new batch must
+        # not overtake them. The drainer may already be at work, so hold it off.
+        broker.gate.clear()
+        broker.down = False
+        await spooler.publish_many(signals(3, 2))
+        assert published(broker) == []
+        broker.gate.set()
+        await eventually(lambda: spooler.spool.idle)
+    assert published(broker) == ["e0", "e1", "e2", "e3", "e4"]
+
+
+async def test_a_publish_that_hangs_past_the_timeout_is_spooled_and_sent_once(
+    make_spooler: Callable[[FlakyBroker], SpoolingPublisher],
+) -> None:
+    """No acknowledgement within publish_timeout_s counts as an outage: the batch is
+    spooled. When the held publish lands after all, the drainer skips those records
+    instead of publishing them a second time."""
+    broker = FlakyBroker()
+    spooler = make_spooler(broker)
+    async with spooler.running():
+        broker.gate.clear()
+        await spooler.publish_many(signals(0, 2))
+        assert spooler.spool.pending_records == 2
+        await spooler.publish_many(signals(2, 1))  # behind them
+        broker.gate.set()  # the frozen broker answers: the held publish lands
+        await eventually(lambda: spooler.spool.idle)
+    assert published(broker) == ["e0", "e1", "e2"]
+
+
+async def test_a_non_transient_error_propagates_and_spools_nothing(
+    make_spooler: Callable[[FlakyBroker], SpoolingPublisher],
+) -> None:
+    """A refusal that is not an outage (a bug, a record too large) is not hidden."""
+    broker = FlakyBroker(error=ValueError("record too large"))
+    spooler = make_spooler(broker)
+    await spooler.spool.open()
+    with pytest.raises(ValueError, match="too large"):
+        await spooler.publish_many(signals(0, 2))
+    assert spooler.spool.pending_records == 0
+    await spooler.spool.close()
+
+
+async def test_a_restarted_spooler_drains_what_the_previous_one_left(
+    make_spooler: Callable[[FlakyBroker], SpoolingPublisher],
+) -> None:
+    """Records spooled before a stop are published by the next process, first."""
+    down = FlakyBroker(down=True)
+    first = make_spooler(down)
+    async with first.running():
+        await first.publish_many(signals(0, 4))
+    assert published(down) == []
+
+    up = FlakyBroker()
+    second = make_spooler(up)
+    async with second.running():
+        await second.publish_many(signals(4, 1))  # behind the recovered records
+        await eventually(lambda: second.spool.idle)
+    assert published(up) == ["e0", "e1", "e2", "e3", "e4"]

@@ -32,14 +32,13 @@ import contextlib
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -52,12 +51,13 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.common.binaries import redis_command, tansu_command
+from bench.local_stack import tansu_and_redis
 from libs.common.clients.kafka import ensure_topics
 from libs.common.clients.redis.base import vector_key
 from libs.common.definitions import load_definitions
-from libs.common.net import free_port, wait_for_port
+from libs.common.net import free_port
 from libs.common.schemas import Signal
+from libs.common.testing import spawn_service, stop_service
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 20_000  # signals/s, issue 7
@@ -77,41 +77,13 @@ class Stack:
     bootstrap: str
     redis_url: str
     data_dir: Path
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
 
 @contextlib.contextmanager
 def stack(workdir: Path) -> Iterator[Stack]:
     """A memory-only Tansu and a non-persistent redis-server on free loopback ports."""
-    kafka_port, redis_port = free_port(), free_port()
-    (workdir / "redis").mkdir()
-    with open(workdir / "tansu.log", "wb") as out:
-        tansu = subprocess.Popen(tansu_command(kafka_port), stdout=out, stderr=subprocess.STDOUT)
-    redis = subprocess.Popen(
-        redis_command(redis_port, str(workdir / "redis"), persist=False),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    s = Stack(f"127.0.0.1:{kafka_port}", f"redis://127.0.0.1:{redis_port}/0", workdir / "data", [])
-    s.procs += [tansu, redis]
-    try:
-        wait_for_port(kafka_port)
-        wait_for_port(redis_port)
-        yield s
-    finally:
-        for p in reversed(s.procs):
-            _stop(p)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    with tansu_and_redis(workdir) as (bootstrap, redis_url):
+        yield Stack(bootstrap, redis_url, workdir / "data")
 
 
 # signals ---------------------------------------------------------------------------
@@ -218,14 +190,7 @@ class Service:
             "SIGNALOPS_FEATURES_WORKERS": str(workers),
             "SIGNALOPS_BATCH_RECORDS": str(batch),
         }
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "services.features.main"],
-                cwd=REPO,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        proc = spawn_service("services.features.main", env, log)
         return cls(proc, group, topic, port)
 
     def metrics(self) -> str:
@@ -234,7 +199,7 @@ class Service:
             return str(r.read().decode())
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_service(self.proc, timeout_s=20)
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds of the service process and its children so far."""

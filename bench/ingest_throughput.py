@@ -35,7 +35,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -56,10 +55,11 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.common.binaries import redis_command, tansu_command
+from bench.local_stack import tansu_and_redis
 from libs.common.clients.kafka import ensure_topics
-from libs.common.net import free_port, wait_for_port
+from libs.common.net import free_port
 from libs.common.settings import Topics
+from libs.common.testing import spawn_service, stop_service
 
 REPO = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
@@ -89,33 +89,8 @@ class Stack:
 @contextlib.contextmanager
 def stack(workdir: Path) -> Iterator[Stack]:
     """A memory-only Tansu and a non-persistent redis-server on free loopback ports."""
-    kafka_port, redis_port = free_port(), free_port()
-    (workdir / "redis").mkdir()
-    with open(workdir / "tansu.log", "wb") as out:
-        tansu = subprocess.Popen(tansu_command(kafka_port), stdout=out, stderr=subprocess.STDOUT)
-    redis = subprocess.Popen(
-        redis_command(redis_port, str(workdir / "redis"), persist=False),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(kafka_port)
-        wait_for_port(redis_port)
-        yield Stack(f"127.0.0.1:{kafka_port}", f"redis://127.0.0.1:{redis_port}/0", workdir)
-    finally:
-        for p in (redis, tansu):
-            stop(p)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    with tansu_and_redis(workdir) as (bootstrap, redis_url):
+        yield Stack(bootstrap, redis_url, workdir)
 
 
 @dataclass
@@ -138,14 +113,7 @@ class Ingest:
             "SIGNALOPS_INGEST_PORT": str(port),
             "SIGNALOPS_LOG_LEVEL": "WARNING",
         }
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "services.ingest.main"],
-                cwd=REPO,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        proc = spawn_service("services.ingest.main", env, log)
         ingest = cls(proc, f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -519,7 +487,7 @@ async def main(args: argparse.Namespace) -> None:
             console.print(log.read_text()[-3000:])
             raise
         finally:
-            stop(ingest.proc)
+            stop_service(ingest.proc, timeout_s=20)
     baseline = (base1.rate + base2.rate) / 2
     table = Table(title="ingest throughput (issue 9)")
     for col in ("phase", "records", "signals/s", "/ baseline", "ingest CPU", "notes"):

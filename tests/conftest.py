@@ -21,17 +21,9 @@ from libs.common.binaries import redis_command, tansu_command
 from libs.common.net import free_port, wait_for_port
 from libs.common.ray_env import serve_ingress_env
 from libs.common.settings import Settings, Topics
+from libs.common.testing import stop_service
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @dataclass(frozen=True)
@@ -52,7 +44,7 @@ def _kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     wait_for_port(port)
     yield Server(f"127.0.0.1:{port}", proc.pid)
     _resume(proc.pid)
-    _stop(proc)
+    stop_service(proc)
 
 
 @pytest.fixture(scope="session", name="kafka_bootstrap")
@@ -73,7 +65,7 @@ def _redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     wait_for_port(port)
     yield Server(f"redis://127.0.0.1:{port}/0", proc.pid)
     _resume(proc.pid)
-    _stop(proc)
+    stop_service(proc)
 
 
 @pytest.fixture(scope="session", name="redis_url")

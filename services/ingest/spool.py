@@ -23,7 +23,7 @@ from prometheus_client import Counter, Gauge
 
 from libs.common.errors import DependencyUnavailable
 from libs.common.observability import get_logger
-from services.ingest.core.spool_format import SpooledRecord, encode, scan
+from services.ingest.core.spool_format import SpooledRecord, encode, frame_length, scan
 
 log = get_logger(__name__)
 
@@ -290,11 +290,11 @@ class FileSpool:
             with open(path, "rb") as f:
                 f.seek(pos.offset)
                 buf = f.read(max_bytes)
-                found = scan(buf)
+                found = scan(buf, limit=max_records)  # not the whole read: a batch's worth
                 if not found.records and found.problem == "torn" and len(buf) >= 8:
                     # One frame longer than max_bytes: read exactly that frame.
                     f.seek(pos.offset)
-                    length = int.from_bytes(buf[:4], "little")
+                    length = frame_length(int.from_bytes(buf[:4], "little"))
                     buf = f.read(8 + length)
                     found = scan(buf)
             records = found.records[:max_records]

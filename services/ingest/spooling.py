@@ -7,6 +7,8 @@ A batch whose publish timed out is spooled while that publish goes on; if it lan
 after all, the drainer skips its records. Delivery is still at-least-once: when the
 producer gives up on it although the broker had it, or a drained batch was
 acknowledged just before a crash, copies reach the topic with the same event_id.
+Each record is spooled with its serialised value and the headers it would have had
+(schema, the request's trace context) and drained as those bytes, unparsed.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from libs.common.clients.kafka import KafkaRuntime, Publisher
+from libs.common.clients.kafka import KafkaRuntime, Publisher, RawOutgoing
 from libs.common.clients.kafka.base import Outgoing
 from libs.common.observability import get_logger
+from libs.common.observability.tracing import inject_headers
 from libs.common.resilience import is_transient
-from libs.common.schemas import Message
 from services.ingest.core.spool_format import SpooledRecord
 from services.ingest.settings import IngestSettings
 from services.ingest.spool import FileSpool, SpoolBatch
@@ -31,15 +33,33 @@ from services.ingest.spool import FileSpool, SpoolBatch
 log = get_logger(__name__)
 
 
-def _message_classes() -> dict[str, type[Message]]:
-    """Every Message class by name: a spooled record names its class to be rebuilt."""
-    found: dict[str, type[Message]] = {}
-    todo: list[type[Message]] = [Message]
-    while todo:
-        for sub in todo.pop().__subclasses__():
-            found[sub.__name__] = sub
-            todo.append(sub)
-    return found
+def spooled(items: Sequence[Outgoing], appended_at: float) -> list[SpooledRecord]:
+    """`items` as spool records: the bytes and headers a direct publish would send.
+
+    Called in the request's context, so the headers carry its trace context (the
+    KafkaPublisher adds only its producer header when the drainer sends them).
+    """
+    trace = tuple(inject_headers())
+    out = []
+    for topic, message, key in items:
+        headers = (
+            ("message-type", type(message).__name__.encode()),
+            ("message-version", str(message.message_version).encode()),
+            *trace,
+        )
+        out.append(
+            SpooledRecord(
+                topic, key, type(message).__name__, message.to_bytes(), appended_at, headers
+            )
+        )
+    return out
+
+
+def outgoing(record: SpooledRecord) -> RawOutgoing:
+    """How a spooled record is published: as stored. One spooled by the previous format
+    (no headers) gets its schema name; its trace context was never kept."""
+    headers = record.headers or (("message-type", record.kind.encode()),)
+    return record.topic, record.key, record.value, headers
 
 
 class SpoolingPublisher:
@@ -70,9 +90,10 @@ class SpoolingPublisher:
         self.max_backoff_s = max_backoff_s
         self._drainer: asyncio.Task[None] | None = None
         # Publishes that timed out but may still be acknowledged; what they deliver
-        # after all, (topic, event_id), the drainer skips instead of sending twice.
+        # after all, (topic, the spooled value), the drainer skips instead of sending
+        # twice. The value's bytes hold its event id, and compare without parsing.
         self._late: set[asyncio.Future[None]] = set()
-        self._delivered_late: set[tuple[str, str]] = set()
+        self._delivered_late: set[tuple[str, bytes]] = set()
 
     @property
     def spooling(self) -> bool:
@@ -95,16 +116,16 @@ class SpoolingPublisher:
                 await asyncio.wait_for(asyncio.shield(sending), self.publish_timeout_s)
                 return
             except TimeoutError:
-                self._track_late(sending, items)
+                records = spooled(items, time.time())
+                self._track_late(sending, records)
                 log.warning("broker_unanswered_spooling", records=len(items))
+                await self.spool.append(records)
+                return
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 log.warning("broker_unreachable_spooling", records=len(items), error=repr(exc))
-        now = time.time()
-        await self.spool.append(
-            [SpooledRecord(t, k, type(m).__name__, m.to_bytes(), now) for t, m, k in items]
-        )
+        await self.spool.append(spooled(items, time.time()))
 
     def status(self) -> dict[str, object]:
         """The spool's state for /readyz; empty while nothing is spooled."""
@@ -155,38 +176,41 @@ class SpoolingPublisher:
                 with attempt:
                     await self._drain_once()
 
-    def _track_late(self, sending: asyncio.Future[None], items: Sequence[Outgoing]) -> None:
+    def _track_late(self, sending: asyncio.Future[None], records: list[SpooledRecord]) -> None:
         def landed(done: asyncio.Future[None]) -> None:
             self._late.discard(done)
             if not done.cancelled() and done.exception() is None:
-                self._delivered_late.update((t, m.event_id) for t, m, _ in items)
+                self._delivered_late.update((r.topic, r.value) for r in records)
 
         self._late.add(sending)
         sending.add_done_callback(landed)
 
     async def _drain_once(self) -> None:
+        batch: SpoolBatch = await self.spool.read_batch(self.drain_batch)
+        if batch.records:
+            await self._publish(batch)
+        await self.spool.commit(batch)
+
+    async def _publish(self, batch: SpoolBatch) -> None:
         if self._late:
             # Wait until each timed-out publish settles (the producer's request timeout
             # bounds it): both its copies and everything spooled after it stay in order.
             await asyncio.wait(set(self._late))
-        batch: SpoolBatch = await self.spool.read_batch(self.drain_batch)
-        if batch.records:
-            kinds = _message_classes()
-            items: list[Outgoing] = []
-            for r in batch.records:
-                message = kinds[r.kind].model_validate_json(r.value)
-                if (r.topic, message.event_id) in self._delivered_late:
-                    self._delivered_late.discard((r.topic, message.event_id))
-                    continue
-                items.append((r.topic, message, r.key))
-            await self.publisher.publish_many(items)
-            log.info(
-                "spool_drained",
-                records=len(items),
-                skipped=len(batch.records) - len(items),
-                left=self.spool.pending_records - len(batch.records),
-            )
-        await self.spool.commit(batch)
+        late = self._delivered_late
+        items: list[RawOutgoing] = []
+        for r in batch.records:
+            if late and (r.topic, r.value) in late:
+                late.discard((r.topic, r.value))
+                continue
+            items.append(outgoing(r))
+        # Validated when accepted, stored as sent: published without parsing again.
+        await self.publisher.publish_raw_many(items)
+        log.info(
+            "spool_drained",
+            records=len(items),
+            skipped=len(batch.records) - len(items),
+            left=self.spool.pending_records - len(batch.records),
+        )
 
 
 def _log_retry(state: RetryCallState) -> None:

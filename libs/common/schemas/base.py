@@ -28,9 +28,15 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+# The encoder `json.dumps` would build from these arguments on every call, built once
+# (ingest hashes every record; issue 9's profile): the same class and options, so the
+# same text and ids.
+_ID_ENCODER = json.JSONEncoder(sort_keys=True, default=str, separators=(",", ":"))
+
+
 def stable_id(*parts: Any) -> str:
     """A deterministic id from content, so a replayed record keeps its id."""
-    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    blob = _ID_ENCODER.encode(parts)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

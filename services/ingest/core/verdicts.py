@@ -13,6 +13,7 @@ from typing import Any
 from libs.common.errors import RecordInvalid
 from libs.common.schemas import Message
 from services.ingest.core.batch import RecordItem
+from services.ingest.core.reasons import INVALID_ENVELOPE
 from services.ingest.core.validation import check_size
 
 Validator = Callable[[Any], Message]
@@ -85,4 +86,10 @@ def judge(items: Iterable[RecordItem], validate: Validator, *, max_record_bytes:
             judged.valid.append((item, validate(item.record)))
         except RecordInvalid as exc:
             judged.rejected.append((item, exc))
+        except RecursionError:
+            # JSON nested deeper than Python can print or validate (orjson parses up to
+            # 1,024 levels): this record is refused, its neighbours are still judged.
+            judged.rejected.append(
+                (item, RecordInvalid(INVALID_ENVELOPE, detail="value nested too deeply"))
+            )
     return judged

@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
-from signal import SIGKILL, SIGTERM
+from signal import SIGKILL
 
 from libs.common.clients.kafka import KafkaPublisher
 from libs.common.clients.kafka.reader import read_to_end
@@ -20,7 +18,7 @@ from libs.common.features import codec
 from libs.common.features.plan import ViewPlan
 from libs.common.offline import SIGNALS, OfflineStore
 from libs.common.schemas import DeadLetter
-from tests.conftest import REPO
+from libs.common.testing import spawn_service, stop_service
 from tests.integration.features.streams import (
     VIEWS,
     Committed,
@@ -36,27 +34,6 @@ from tests.integration.features.streams import (
 
 ENTITIES = 200
 PER_ENTITY = 25
-
-
-def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "services.features.main"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _end(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def test_killed_mid_stream_and_restarted_equals_an_uninterrupted_run(
@@ -136,7 +113,7 @@ async def test_killed_mid_stream_and_restarted_equals_an_uninterrupted_run(
     try:
         async with Committed(settings) as committed:
             for share in (0.3, 0.6):
-                proc = _start(env, log)
+                proc = spawn_service("services.features.main", env, log)
                 try:
                     # Past `share` of the stream, kill as soon as Redis holds a batch
                     # whose offsets are not committed (or at `share` + 0.2 at the latest).
@@ -159,11 +136,11 @@ async def test_killed_mid_stream_and_restarted_equals_an_uninterrupted_run(
                 # Applied in Redis, yet to be redelivered from the last commit.
                 final = await committed.by_partition()
                 redelivered_applied += sum(o >= final[p] for p, o in now if o >= 0)
-            proc = _start(env, log)
+            proc = spawn_service("services.features.main", env, log)
             try:
                 await committed.wait_for(total, 60)
             finally:
-                _end(proc)
+                stop_service(proc, timeout_s=20)
     finally:
         await store.close()
     assert log.read_text().count("features_started") == 3

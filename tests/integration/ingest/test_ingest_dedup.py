@@ -4,9 +4,6 @@ accounted for in /metrics, and a paused Redis loses nothing (fail open)."""
 
 from __future__ import annotations
 
-import os
-import signal
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -16,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from libs.common.clients.kafka.reader import read_to_end
 from libs.common.schemas import Signal
-from libs.common.settings import Settings
+from libs.common.testing import paused as paused_pid
 from tests.conftest import Server
-from tests.integration.ingest.ingest_server import eventually, ingest_settings, serving
+from tests.integration.ingest.ingest_server import MakeIngestSettings, eventually, serving_client
 
 pytestmark = pytest.mark.integration
 
@@ -52,13 +49,13 @@ async def accounting(http: httpx.AsyncClient, input_label: str) -> dict[str, flo
 
 
 async def test_duplicates_within_the_window_are_dropped_and_counted(
-    make_settings: Callable[..., Settings], kafka_bootstrap: str, redis_url: str, unique: str
+    make_ingest_settings: MakeIngestSettings, kafka_bootstrap: str, unique: str
 ) -> None:
     """A mixed batch, then the client's retry of it with every time written another way
     ("+01:00", ".000000Z"): each valid record is on signals.valid once, the retry is
     answered as duplicates (not rejections), and received = accepted + dead-lettered +
     duplicate on /metrics."""
-    settings = await ingest_settings(make_settings, kafka_bootstrap, redis_url, unique)
+    settings = await make_ingest_settings()
     at = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
     z = at.isoformat().replace("+00:00", "Z")
     plus_one = at.astimezone(timezone(timedelta(hours=1))).isoformat()
@@ -76,7 +73,7 @@ async def test_duplicates_within_the_window_are_dropped_and_counted(
         sensor(f"dev-{unique}-2", fraction),
         {**sensor(f"dev-{unique}-3", plus_one), "event_id": f"given-{unique}"},
     ]
-    async with serving(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+    async with serving_client(settings) as http:
         before = await accounting(http, "http")
         first = (await http.post("/v1/signals", json=batch)).json()
         assert [a["index"] for a in first["accepted"]] == [0, 1, 3]
@@ -101,7 +98,7 @@ async def test_duplicates_within_the_window_are_dropped_and_counted(
 
 
 async def test_a_paused_redis_loses_nothing_and_dedup_resumes(
-    make_settings: Callable[..., Settings],
+    make_ingest_settings: MakeIngestSettings,
     kafka_bootstrap: str,
     redis_server: Server,
     unique: str,
@@ -109,23 +106,20 @@ async def test_a_paused_redis_loses_nothing_and_dedup_resumes(
     """With Redis stopped (SIGSTOP) every batch is still accepted (202, unchecked and
     counted), all records reach signals.valid; once Redis is back duplicates are
     dropped again."""
-    settings = await ingest_settings(make_settings, kafka_bootstrap, redis_server.url, unique)
+    settings = await make_ingest_settings()  # on redis_server
     at = (datetime.now(UTC) - timedelta(seconds=10)).isoformat()
     batches = [[sensor(f"p-{unique}-{b}-{i}", at) for i in range(50)] for b in range(8)]
-    async with serving(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+    async with serving_client(settings) as http:
         unchecked_before = (await samples(http, "signalops_ingest_dedup_total")).get(
             ("unchecked",), 0.0
         )
-        os.kill(redis_server.pid, signal.SIGSTOP)
-        try:
+        with paused_pid(redis_server.pid):
             for body in batches:
                 r = await http.post("/v1/signals", json=body)
                 assert r.status_code == 202, r.text
                 assert len(r.json()["accepted"]) == 50
             unchecked = (await samples(http, "signalops_ingest_dedup_total"))[("unchecked",)]
             assert unchecked - unchecked_before == 400
-        finally:
-            os.kill(redis_server.pid, signal.SIGCONT)
 
         # Back: the breaker half-opens and a resent batch is a duplicate again.
         fresh = [sensor(f"q-{unique}-{i}", at) for i in range(5)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,8 +19,8 @@ from libs.common.settings import Settings
 from services.ingest.settings import IngestSettings
 from tests.integration.ingest.ingest_server import (
     ADMIN_TOKEN,
+    MakeIngestSettings,
     eventually,
-    ingest_settings,
     serving,
 )
 
@@ -67,11 +66,11 @@ async def listed(settings: IngestSettings, query: LetterQuery) -> list[dict[str,
 
 
 async def test_more_than_10000_dead_letters_are_all_listed_and_filtered(
-    make_settings: Callable[..., Settings], kafka_bootstrap: str, redis_url: str, unique: str
+    make_ingest_settings: MakeIngestSettings, kafka_bootstrap: str
 ) -> None:
     """12,000 rejected records over two partitions: the paged listing returns each dead
     letter once, and reason, source and time filters pick exactly their share."""
-    settings = await ingest_settings(make_settings, kafka_bootstrap, redis_url, unique)
+    settings = await make_ingest_settings()
     now = datetime.now(UTC)
     async with serving(settings) as url:
         # Two waves with a time between them, so a time filter has something to split.
@@ -107,12 +106,12 @@ async def test_more_than_10000_dead_letters_are_all_listed_and_filtered(
 
 
 async def test_an_interrupted_replay_run_again_never_replays_a_letter_twice(
-    make_settings: Callable[..., Settings], kafka_bootstrap: str, redis_url: str, unique: str
+    make_ingest_settings: MakeIngestSettings, kafka_bootstrap: str
 ) -> None:
     """A replay stopped after its first page and run again skips what was replayed and
     replays the rest: every original is on signals.raw exactly once; a third run
     replays nothing."""
-    settings = await ingest_settings(make_settings, kafka_bootstrap, redis_url, unique)
+    settings = await make_ingest_settings()
     now = datetime.now(UTC)
     records = [unknown(i, now, 4) for i in range(450)]
     originals = sorted(json.dumps(r, separators=(",", ":")).encode() for r in records)

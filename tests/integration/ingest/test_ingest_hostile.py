@@ -10,30 +10,34 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from libs.common.clients.kafka import ensure_topics
-from libs.common.net import free_port
 from libs.common.schemas import DeadLetter, Signal, utcnow
 from libs.common.settings import Settings
+from libs.common.testing import stop_service
 from services.ingest.core import reasons
+from tests.integration.ingest.ingest_server import (
+    MakeIngestSettings,
+    consume,
+    eventually,
+    ingest_env,
+    read_values,
+    spawn_ingest,
+    wait_ready,
+)
 from tests.unit.ingest.hostile_bodies import VALID_SIGNAL, bodies, mutants, signals
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[3]
 SLOTS = 4
 FLOOD = 40
 MiB = 1024 * 1024
@@ -62,73 +66,17 @@ def memory_kib(pid: int) -> dict[str, int]:
     }
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], *, timeout_s: float) -> None:
-    """Poll `check` until it holds; TimeoutError after `timeout_s` (never a bare sleep)."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.1)
-
-
 @pytest.fixture(name="ingest")
 def _ingest(
-    make_settings: Callable[..., Settings],
-    kafka_bootstrap: str,
-    redis_url: str,
-    unique: str,
-    tmp_path: Path,
+    make_ingest_settings: MakeIngestSettings, tmp_path: Path
 ) -> Iterator[tuple[str, subprocess.Popen[bytes], Settings]]:
     """The ingest process on a free port with four request slots; stopped after the test."""
-    settings = make_settings(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url)
-    asyncio.run(ensure_topics(kafka_bootstrap, settings.topics.all(), settings.kafka_partitions))
-    port = free_port()
-    env = {
-        **os.environ,
-        "SIGNALOPS_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "SIGNALOPS_REDIS_URL": redis_url,
-        "SIGNALOPS_INGEST_PORT": str(port),
-        "SIGNALOPS_DEFINITIONS": str(settings.definitions),
-        "SIGNALOPS_DATA_DIR": str(settings.data_dir),
-        "SIGNALOPS_CONSUMER_GROUP": f"ingest-{unique}",
-        "SIGNALOPS_KAFKA_PARTITIONS": str(settings.kafka_partitions),
-        "SIGNALOPS_MAX_CONCURRENT_REQUESTS": str(SLOTS),
-    }
-    env.update({f"SIGNALOPS_TOPICS__{k.upper()}": v for k, v in settings.topics})
-    log = tmp_path / "ingest.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.ingest.main"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    settings = asyncio.run(make_ingest_settings(max_concurrent_requests=SLOTS))
+    proc = spawn_ingest(ingest_env(settings, "max_concurrent_requests"), tmp_path / "ingest.log")
     try:
-        yield f"http://127.0.0.1:{port}", proc, settings
+        yield f"http://127.0.0.1:{settings.ingest_port}", proc, settings
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-async def count_records(settings: Settings, topic: str, *, at_least: int) -> int:
-    """Records on `topic` once at least `at_least` arrived (bounded wait)."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    n = 0
-    try:
-        async with asyncio.timeout(60):
-            while n < at_least:
-                n += sum(len(p) for p in (await consumer.getmany(timeout_ms=500)).values())
-    finally:
-        await consumer.stop()
-    return n
+        stop_service(proc, timeout_s=30)
 
 
 async def test_flood_of_large_bodies_is_shed_and_memory_stays_bounded(
@@ -139,15 +87,7 @@ async def test_flood_of_large_bodies_is_shed_and_memory_stays_bounded(
     (240 MiB); the held uploads then complete and the service still answers."""
     url, proc, settings = ingest
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-
-        async def ready() -> bool:
-            assert proc.poll() is None, "ingest exited"
-            try:
-                return (await client.get("/readyz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await eventually(ready, timeout_s=90)
+        await wait_ready(client, proc)
 
         async def in_flight() -> float:
             text = (await client.get("/metrics")).text
@@ -207,32 +147,9 @@ async def test_flood_of_large_bodies_is_shed_and_memory_stays_bounded(
         last = await client.post("/v1/signals", json=sensor("after-flood"))
         assert last.status_code == 202
     # Every accepted record reached signals.valid; none of the refused ones did.
-    assert await count_records(settings, settings.topics.valid, at_least=SLOTS * 10 + 1) == (
+    assert len(await consume(settings, settings.topics.valid, count=SLOTS * 10 + 1)) == (
         SLOTS * 10 + 1
     )
-
-
-async def read_all(settings: Settings, topic: str) -> list[bytes]:
-    """Every record on `topic`, read to its end offsets."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in range(settings.kafka_partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        got: list[bytes] = []
-        async with asyncio.timeout(60):
-            while True:
-                positions = [await consumer.position(tp) for tp in parts]
-                if all(at >= ends[tp] for at, tp in zip(positions, parts, strict=True)):
-                    return got
-                batches = await consumer.getmany(timeout_ms=500)
-                got.extend(r.value for part in batches.values() for r in part)
-    finally:
-        await consumer.stop()
 
 
 def accounting(metrics_text: str, raw_topic: str) -> dict[str, float]:
@@ -270,15 +187,7 @@ async def _check_raw_fuzz(
     values: list[bytes], url: str, proc: subprocess.Popen[bytes], settings: Settings
 ) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-
-        async def ready() -> bool:
-            assert proc.poll() is None, "ingest exited"
-            try:
-                return (await client.get("/readyz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await eventually(ready, timeout_s=90)
+        await wait_ready(client, proc)
         before = accounting((await client.get("/metrics")).text, settings.topics.raw)
 
         # Produce the example's records (the valid template made current).
@@ -310,8 +219,8 @@ async def _check_raw_fuzz(
     assert delta["accepted"] + delta["dead_lettered"] + delta.get("duplicate", 0) == len(values)
 
     # The topics hold what was counted, over every example so far.
-    valid = await read_all(settings, settings.topics.valid)
-    letters = [DeadLetter.from_bytes(v) for v in await read_all(settings, settings.topics.dlq)]
+    valid = await read_values(settings, settings.topics.valid)
+    letters = [DeadLetter.from_bytes(v) for v in await read_values(settings, settings.topics.dlq)]
     assert len(valid) == after["accepted"] and len(letters) == after["dead_lettered"]
     assert all(Signal.from_bytes(v).source == "sensors" for v in valid)
     assert all(d.reason in REASONS and d.detail for d in letters)

@@ -4,33 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from libs.common.clients.kafka import ensure_topics
-from libs.common.net import free_port
 from libs.common.observability import configure_tracing, inject_headers, tracer
 from libs.common.observability.tracing import header
 from libs.common.schemas import DeadLetter, Signal, utcnow
-from libs.common.settings import Settings
-from services.ingest.main import build_app
 from services.ingest.settings import IngestSettings
+from tests.integration.ingest.ingest_server import (
+    MakeIngestSettings,
+    consume,
+    eventually,
+    ingest_env,
+    serving,
+    spawn_ingest,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="session", name="tracing")
@@ -41,73 +41,16 @@ def _tracing() -> None:
 
 
 @pytest.fixture(name="settings")
-async def _settings(
-    make_settings: Callable[..., Settings], kafka_bootstrap: str, unique: str
-) -> IngestSettings:
+async def _settings(make_ingest_settings: MakeIngestSettings) -> IngestSettings:
     """Ingest settings on the session broker with this test's own topics and group."""
-    base = make_settings(kafka_bootstrap=kafka_bootstrap)
-    settings = IngestSettings(
-        **{**base.model_dump(), "ingest_port": free_port(), "consumer_group": f"ingest-{unique}"}
-    )
-    await ensure_topics(kafka_bootstrap, settings.topics.all(), settings.kafka_partitions)
-    return settings
+    return await make_ingest_settings()
 
 
 @pytest.fixture(name="ingest_url")
 async def _ingest_url(settings: IngestSettings, tracing: None) -> AsyncIterator[str]:
     """build_app(settings) served by uvicorn on a free port, its lifespan owning Kafka."""
-    server = uvicorn.Server(
-        uvicorn.Config(
-            build_app(settings),
-            host="127.0.0.1",
-            port=settings.ingest_port,
-            log_config=None,
-            access_log=False,
-        )
-    )
-    task = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        if task.done():  # startup failed: surface its error
-            task.result()
-            raise AssertionError("uvicorn stopped before it started")
-        return server.started
-
-    await eventually(started, timeout_s=60)
-    yield f"http://127.0.0.1:{settings.ingest_port}"
-    server.should_exit = True
-    await asyncio.wait_for(task, 30)
-
-
-async def consume(
-    settings: Settings, topic: str, *, count: int, timeout_s: float = 60
-) -> list[ConsumerRecord[bytes, bytes]]:
-    """Read `topic` from the beginning until `count` records arrived (bounded wait)."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    got: list[ConsumerRecord[bytes, bytes]] = []
-    try:
-        async with asyncio.timeout(timeout_s):
-            while len(got) < count:
-                batches = await consumer.getmany(timeout_ms=500)
-                got.extend(r for part in batches.values() for r in part)
-    finally:
-        await consumer.stop()
-    return got
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], *, timeout_s: float) -> None:
-    """Poll `check` until it holds; TimeoutError after `timeout_s` (never a bare sleep)."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.1)
+    async with serving(settings) as url:
+        yield url
 
 
 def sensor(entity_id: str, at: datetime, **fields: Any) -> dict[str, Any]:
@@ -119,18 +62,6 @@ def sensor(entity_id: str, at: datetime, **fields: Any) -> dict[str, Any]:
         "event_time": at.isoformat().replace("+00:00", "Z"),
         "fields": {"temperature": 20.5, "vibration": 1.0, "status": "ok", **fields},
     }
-
-
-def spawn_ingest(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Start the service as `signalops up` does, its output going to `log`."""
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "services.ingest.main"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def trace_id(rec: ConsumerRecord[bytes, bytes]) -> str:
@@ -279,31 +210,14 @@ async def test_python_dash_m_entry_point_serves_and_stops_on_sigterm(
     settings: IngestSettings, tmp_path: Path
 ) -> None:
     """`python -m services.ingest.main` (what `signalops up` spawns) serves, then exits 0."""
-    env = {
-        **os.environ,
-        "SIGNALOPS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "SIGNALOPS_INGEST_PORT": str(settings.ingest_port),
-        "SIGNALOPS_DEFINITIONS": str(settings.definitions),
-        "SIGNALOPS_DATA_DIR": str(settings.data_dir),
-        "SIGNALOPS_CONSUMER_GROUP": settings.consumer_group,
-        "SIGNALOPS_KAFKA_PARTITIONS": str(settings.kafka_partitions),
-    }
-    env.update({f"SIGNALOPS_TOPICS__{k.upper()}": v for k, v in settings.topics})
+    env = ingest_env(settings)
     log = tmp_path / "ingest.log"
     proc = spawn_ingest(env, log)
     try:
         # Bounded wait until it is ready, then one signal end to end.
         url = f"http://127.0.0.1:{settings.ingest_port}"
         async with httpx.AsyncClient(base_url=url, timeout=5) as client:
-
-            async def ready() -> bool:
-                assert proc.poll() is None, log.read_text()[-3000:]
-                try:
-                    return (await client.get("/readyz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await eventually(ready, timeout_s=90)
+            await wait_ready(client, proc, log)
             response = await client.post("/v1/signals", json=sensor("device-m", utcnow()))
         assert response.status_code == 202
         (rec,) = await consume(settings, settings.topics.valid, count=1)

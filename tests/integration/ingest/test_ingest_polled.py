@@ -4,7 +4,7 @@ hangs and recovers; its breaker, the stale fallback, its expiry and the recovery
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
@@ -20,17 +19,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from libs.common.clients.kafka import DeadLetters, MemoryPublisher, ensure_topics
+from libs.common.clients.kafka import DeadLetters, MemoryPublisher
 from libs.common.clients.redis import RedisFeatureStore, make_redis
 from libs.common.definitions import Definitions, load_definitions, parse_definitions
 from libs.common.net import free_port
 from libs.common.schemas import Signal, utcnow
-from libs.common.settings import Settings, Topics
+from libs.common.settings import Topics
 from libs.common.testing import deliveries
 from services.features.handlers import FeaturesHandler
-from services.ingest.main import build_app
-from services.ingest.settings import IngestSettings
 from services.serve.adapters.features import GuardedFeatureReader
+from tests.integration.ingest.ingest_server import (
+    MakeIngestSettings,
+    eventually,
+    served,
+    serving,
+    topic_reader,
+)
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
@@ -66,31 +70,6 @@ def reading(device: str, at: datetime, temperature: float) -> dict[str, Any]:
         "vib": 1.5,
         "state": "ok",
     }
-
-
-async def serve(app: Starlette, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-    )
-    task = asyncio.create_task(server.serve())
-    await eventually(lambda: _started(server, task), timeout_s=60)
-    return server, task
-
-
-async def _started(server: uvicorn.Server, task: asyncio.Task[None]) -> bool:
-    if task.done():
-        task.result()
-        raise AssertionError("uvicorn stopped before it started")
-    return bool(server.started)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], *, timeout_s: float) -> None:
-    """Poll `check` until it holds; TimeoutError after `timeout_s` (never a bare sleep)."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.1)
 
 
 def polled_definitions(url: str) -> Definitions:
@@ -141,42 +120,23 @@ class Valid:
 
 @pytest.fixture(name="stack")
 async def _stack(
-    make_settings: Callable[..., Settings],
-    kafka_bootstrap: str,
-    redis_url: str,
-    unique: str,
-    monkeypatch: pytest.MonkeyPatch,
+    make_ingest_settings: MakeIngestSettings, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[PlantApi, str, Valid]]:
     """The plant API on a free port, ingest polling it, and a reader of signals.valid."""
     api = PlantApi()
-    api_server, api_task = await serve(
-        Starlette(routes=[Route("/readings", api.endpoint)]), port := free_port()
-    )
-    base = make_settings(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url)
-    settings = IngestSettings(
-        **{**base.model_dump(), "ingest_port": free_port(), "consumer_group": f"ingest-{unique}"}
-    )
-    await ensure_topics(kafka_bootstrap, settings.topics.all(), settings.kafka_partitions)
+    plant = Starlette(routes=[Route("/readings", api.endpoint)])
+    settings = await make_ingest_settings()
     monkeypatch.setenv("PLANT_API_KEY", SECRET)
-    definitions = polled_definitions(f"http://127.0.0.1:{port}/readings")
-    ingest, ingest_task = await serve(
-        build_app(settings, definitions=definitions), settings.ingest_port
-    )
-    consumer = AIOKafkaConsumer(
-        settings.topics.valid,
-        bootstrap_servers=kafka_bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    try:
-        yield api, f"http://127.0.0.1:{settings.ingest_port}", Valid(consumer)
-    finally:
-        await consumer.stop()
-        api.release.set()
-        for server, task in ((ingest, ingest_task), (api_server, api_task)):
-            server.should_exit = True
-            await asyncio.wait_for(task, 30)
+    async with served(plant, port := free_port(), stop_timeout_s=30):
+        definitions = polled_definitions(f"http://127.0.0.1:{port}/readings")
+        async with (
+            serving(settings, definitions=definitions) as url,
+            topic_reader(settings, settings.topics.valid) as consumer,
+        ):
+            try:
+                yield api, url, Valid(consumer)
+            finally:
+                api.release.set()  # a poll held by the API must not hold up the stop
 
 
 @dataclass

@@ -5,7 +5,6 @@ one schema event, late records follow their source's policy (issue 9)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,16 @@ import yaml
 from prometheus_client import REGISTRY
 
 from infra.dlq import LetterQuery, replay_pages
-from libs.common.clients.kafka.reader import read_to_end
 from libs.common.schemas import DeadLetter, SchemaDriftDetected, Signal
 from libs.common.settings import Settings
 from services.ingest.settings import IngestSettings, package_version
 from tests.integration.ingest.ingest_server import (
     ADMIN_TOKEN,
+    MakeIngestSettings,
     eventually,
-    ingest_settings,
+    read_values,
     serving,
+    serving_client,
 )
 
 pytestmark = pytest.mark.integration
@@ -50,31 +50,22 @@ def sensor(entity_id: str, at: datetime, version: int = 1, **fields: Any) -> dic
     }
 
 
-async def read(settings: IngestSettings, topic: str) -> list[bytes]:
-    return [d.value for d in await read_to_end(settings.kafka_bootstrap, topic, within_s=60)]
-
-
 async def schema_events(settings: IngestSettings) -> list[SchemaDriftDetected]:
     return [
         SchemaDriftDetected.from_bytes(v)
-        for v in await read(settings, settings.topics.schema_events)
+        for v in await read_values(settings, settings.topics.schema_events)
     ]
 
 
 async def test_breaking_change_is_quarantined_and_replays_after_the_fix(
-    make_settings: Callable[..., Settings],
-    kafka_bootstrap: str,
-    redis_url: str,
-    unique: str,
+    make_ingest_settings: MakeIngestSettings,
     tmp_path: Path,
 ) -> None:
     """Version-2 records (a new required field) sent before the definitions know it are
     dead-lettered schema_breaking with one breaking schema event; once sensors is
     declared at version 2 and ingest restarted, replay brings each one to signals.valid."""
     v1 = definitions_file(tmp_path / "v1.yaml")
-    settings = await ingest_settings(
-        make_settings, kafka_bootstrap, redis_url, unique, definitions=v1
-    )
+    settings = await make_ingest_settings(definitions=v1)
     now = datetime.now(UTC)
     records = [sensor(f"d-{i}", now, version=2, humidity=40.0 + i) for i in range(3)]
 
@@ -87,13 +78,13 @@ async def test_breaking_change_is_quarantined_and_replays_after_the_fix(
             sources = (await http.get("/v1/sources")).json()["sources"]
     drift = next(s for s in sources if s["name"] == "sensors")["observed"]["drift"]
     assert drift["counts"] == {"new_version": 3}
-    letters = [DeadLetter.from_bytes(v) for v in await read(settings, settings.topics.dlq)]
+    letters = [DeadLetter.from_bytes(v) for v in await read_values(settings, settings.topics.dlq)]
     assert sorted((d.reason, d.source) for d in letters) == [("schema_breaking", "sensors")] * 3
     events = await schema_events(settings)
     assert [(e.kind, e.field, e.observed, e.breaking, e.count) for e in events] == [
         ("new_version", "schema_version", "2", True, 3)
     ]
-    assert await read(settings, settings.topics.valid) == []
+    assert await read_values(settings, settings.topics.valid) == []
 
     # 2. The definitions declare version 2 with the new field; ingest restarts on them.
     v2 = definitions_file(
@@ -118,11 +109,11 @@ async def test_breaking_change_is_quarantined_and_replays_after_the_fix(
         assert [line["outcome"] for line in lines] == ["replayed"] * 3
 
         async def all_valid() -> bool:
-            return len(await read(fixed, fixed.topics.valid)) >= 3
+            return len(await read_values(fixed, fixed.topics.valid)) >= 3
 
         await eventually(all_valid, timeout_s=60)
 
-    valid = [Signal.from_bytes(v) for v in await read(fixed, fixed.topics.valid)]
+    valid = [Signal.from_bytes(v) for v in await read_values(fixed, fixed.topics.valid)]
     assert sorted((s.entity_id, s.schema_version, s.fields["humidity"]) for s in valid) == [
         ("d-0", 2, 40.0),
         ("d-1", 2, 41.0),
@@ -130,34 +121,27 @@ async def test_breaking_change_is_quarantined_and_replays_after_the_fix(
     ]
     assert {s.ingest_version for s in valid} == {package_version()}
     # Nothing was quarantined again.
-    letters = [DeadLetter.from_bytes(v) for v in await read(fixed, fixed.topics.dlq)]
+    letters = [DeadLetter.from_bytes(v) for v in await read_values(fixed, fixed.topics.dlq)]
     assert len(letters) == 3
 
 
 async def test_additive_change_passes_with_one_schema_event(
-    make_settings: Callable[..., Settings],
-    kafka_bootstrap: str,
-    redis_url: str,
-    unique: str,
+    make_ingest_settings: MakeIngestSettings,
     tmp_path: Path,
 ) -> None:
     """Fifty records with an undeclared field over three requests are all accepted
     without it, and the change is reported by exactly one schema event."""
-    settings = await ingest_settings(
-        make_settings,
-        kafka_bootstrap,
-        redis_url,
-        unique,
+    settings = await make_ingest_settings(
         definitions=definitions_file(tmp_path / "v1.yaml"),
         build_version="test-build-7",
     )
     now = datetime.now(UTC)
     records = [sensor(f"a-{i}", now, humidity=float(i)) for i in range(50)]
-    async with serving(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+    async with serving_client(settings) as http:
         for part in (records[:10], records[10:30], records[30:]):
             r = await http.post("/v1/signals", json=part)
             assert r.status_code == 202, r.text
-    valid = [Signal.from_bytes(v) for v in await read(settings, settings.topics.valid)]
+    valid = [Signal.from_bytes(v) for v in await read_values(settings, settings.topics.valid)]
     assert sorted(s.entity_id for s in valid) == sorted(r["entity_id"] for r in records)
     assert all("humidity" not in s.fields for s in valid)
     assert {s.ingest_version for s in valid} == {"test-build-7"}
@@ -165,7 +149,7 @@ async def test_additive_change_passes_with_one_schema_event(
     assert [(e.source, e.kind, e.field, e.breaking, e.count) for e in events] == [
         ("sensors", "unknown_field", "humidity", False, 10)
     ]
-    assert await read(settings, settings.topics.dlq) == []
+    assert await read_values(settings, settings.topics.dlq) == []
 
 
 def _late_count(policy: str) -> float:
@@ -178,33 +162,26 @@ def _late_count(policy: str) -> float:
 @pytest.mark.parametrize("policy", ["accept_flagged", "dead_letter"])
 async def test_late_records_are_routed_by_the_source_policy(
     policy: str,
-    make_settings: Callable[..., Settings],
-    kafka_bootstrap: str,
-    redis_url: str,
-    unique: str,
+    make_ingest_settings: MakeIngestSettings,
     tmp_path: Path,
 ) -> None:
     """A record older than allowed_lateness_s is published with late=true under
     accept_flagged, dead-lettered too_late under dead_letter; counted either way, and a
     timely record is published unflagged."""
-    settings = await ingest_settings(
-        make_settings,
-        kafka_bootstrap,
-        redis_url,
-        unique,
+    settings = await make_ingest_settings(
         definitions=definitions_file(tmp_path / "late.yaml", late_policy=policy),
     )
     now = datetime.now(UTC)
     before = _late_count(policy)
     records = [sensor("late-1", now - timedelta(hours=2)), sensor("fresh-1", now)]
-    async with serving(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+    async with serving_client(settings) as http:
         r = await http.post("/v1/signals", json=records)
         assert r.status_code == (202 if policy == "accept_flagged" else 207), r.text
     valid = {
         s.entity_id: s.late
-        for s in map(Signal.from_bytes, await read(settings, settings.topics.valid))
+        for s in map(Signal.from_bytes, await read_values(settings, settings.topics.valid))
     }
-    letters = [DeadLetter.from_bytes(v) for v in await read(settings, settings.topics.dlq)]
+    letters = [DeadLetter.from_bytes(v) for v in await read_values(settings, settings.topics.dlq)]
     if policy == "accept_flagged":
         assert valid == {"late-1": True, "fresh-1": False} and letters == []
     else:

@@ -5,98 +5,43 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import ConsumerRecord
 
-from libs.common.clients.kafka import ensure_topics
-from libs.common.net import free_port
+from libs.common.observability.tracing import header
 from libs.common.schemas import DeadLetter, Signal, utcnow
-from libs.common.settings import Settings
 from libs.common.testing import paused
-from services.ingest.main import build_app
 from services.ingest.settings import IngestSettings
+from tests.integration.ingest.ingest_server import (
+    MakeIngestSettings,
+    consume,
+    eventually,
+    ingest_env,
+    serving_client,
+    spawn_ingest,
+    tail,
+    topic_reader,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[3]
 PAUSE_S = 10.0
 ENTITIES = 10
 
 
 @pytest.fixture(name="settings")
-async def _settings(
-    make_settings: Callable[..., Settings],
-    kafka_bootstrap: str,
-    redis_url: str,
-    unique: str,
-    tmp_path: Path,
-) -> IngestSettings:
+async def _settings(make_ingest_settings: MakeIngestSettings, tmp_path: Path) -> IngestSettings:
     """Ingest on the session broker and Redis, its own topics and a private spool that
     takes over after 1 s without an acknowledgement."""
-    base = make_settings(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url)
-    settings = IngestSettings(
-        **{
-            **base.model_dump(),
-            "ingest_port": free_port(),
-            "consumer_group": f"ingest-{unique}",
-            "spool_dir": tmp_path / "spool",
-            "spool_publish_timeout_s": 1.0,
-        }
-    )
-    await ensure_topics(kafka_bootstrap, settings.topics.all(), settings.kafka_partitions)
-    return settings
-
-
-@asynccontextmanager
-async def serving(settings: IngestSettings) -> AsyncIterator[httpx.AsyncClient]:
-    """build_app(settings) under uvicorn in this loop; yields a client of it."""
-    server = uvicorn.Server(
-        uvicorn.Config(
-            build_app(settings),
-            host="127.0.0.1",
-            port=settings.ingest_port,
-            log_config=None,
-            access_log=False,
-        )
-    )
-    task = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        if task.done():  # startup failed: surface its error
-            task.result()
-            raise AssertionError("uvicorn stopped before it started")
-        return server.started
-
-    await eventually(started, timeout_s=60)
-    url = f"http://127.0.0.1:{settings.ingest_port}"
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 60)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], *, timeout_s: float) -> None:
-    """Poll `check` until it holds; TimeoutError after `timeout_s` (never a bare sleep)."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.1)
+    return await make_ingest_settings(spool_dir=tmp_path / "spool", spool_publish_timeout_s=1.0)
 
 
 class Poster:
@@ -146,44 +91,18 @@ async def read_valid(
     settings: IngestSettings, wanted: set[str], *, timeout_s: float = 120
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """signals.valid from the beginning until every id in `wanted` was seen."""
-    consumer = AIOKafkaConsumer(
-        settings.topics.valid,
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
     got: list[ConsumerRecord[bytes, bytes]] = []
     seen: set[str] = set()
-    try:
-        async with asyncio.timeout(timeout_s):
-            while not wanted <= seen:
-                batches = await consumer.getmany(timeout_ms=500)
-                for part in batches.values():
-                    for r in part:
-                        got.append(r)
-                        seen.add(Signal.from_bytes(r.value).event_id)
-    finally:
-        await consumer.stop()
-    return got
-
-
-async def read_topic(
-    settings: IngestSettings, topic: str, *, count: int, timeout_s: float = 60
-) -> list[ConsumerRecord[bytes, bytes]]:
-    """`topic` from the beginning until `count` records arrived."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    got: list[ConsumerRecord[bytes, bytes]] = []
-    try:
-        async with asyncio.timeout(timeout_s):
-            while len(got) < count:
-                batches = await consumer.getmany(timeout_ms=500)
-                got.extend(r for part in batches.values() for r in part)
-    finally:
-        await consumer.stop()
+    async with (
+        topic_reader(settings, settings.topics.valid) as consumer,
+        asyncio.timeout(timeout_s),
+    ):
+        while not wanted <= seen:
+            batches = await consumer.getmany(timeout_ms=500)
+            for part in batches.values():
+                for r in part:
+                    got.append(r)
+                    seen.add(Signal.from_bytes(r.value).event_id)
     return got
 
 
@@ -228,7 +147,7 @@ async def test_broker_paused_under_load_loses_nothing_and_keeps_entity_order(
     """The broker frozen for 10 s while a client posts continuously: every request is
     answered 202, every accepted record reaches signals.valid in per-entity order, and
     the spool drains to empty after SIGCONT."""
-    async with serving(settings) as client:
+    async with serving_client(settings) as client:
         poster = Poster(client)
         stop = asyncio.Event()
         # Load before, during and after the pause.
@@ -274,12 +193,12 @@ async def test_ingest_killed_with_records_spooled_drains_them_after_restart(
     """Records spooled while the broker is frozen, a dead letter among them, survive
     SIGKILL of ingest: after the broker returns, a restarted ingest publishes them all,
     then its spool is empty."""
-    env = _env(settings)
+    env = ingest_env(settings, "spool_dir", "spool_publish_timeout_s")
     url = f"http://127.0.0.1:{settings.ingest_port}"
-    first = _spawn(env, tmp_path / "first.log")
+    first = spawn_ingest(env, tmp_path / "first.log")
     try:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            await _wait_ready(client, first, tmp_path / "first.log")
+            await wait_ready(client, first, tmp_path / "first.log")
             poster = Poster(client, batch=20)
             await poster.post_once()  # through the broker
             with paused(kafka_broker.pid):
@@ -297,10 +216,10 @@ async def test_ingest_killed_with_records_spooled_drains_them_after_restart(
     assert set(poster.statuses) == {202}
 
     # The broker is back; a new ingest on the same spool directory drains it first.
-    second = _spawn(env, tmp_path / "second.log")
+    second = spawn_ingest(env, tmp_path / "second.log")
     try:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            await _wait_ready(client, second, tmp_path / "second.log")
+            await wait_ready(client, second, tmp_path / "second.log")
             await eventually(lambda: _drained(client), timeout_s=60)
             poster.client = client
             await poster.post_once()  # and new records go straight through again
@@ -309,8 +228,15 @@ async def test_ingest_killed_with_records_spooled_drains_them_after_restart(
         await asyncio.to_thread(second.wait, 30)
     records = await read_valid(settings, set(poster.accepted))
     check_delivery(records, poster.accepted)
-    assert '"event": "spool_recovered"' in _tail(tmp_path / "second.log", 10**7)
-    [letter] = await read_topic(settings, settings.topics.dlq, count=1)
+    # Drained as spooled: each record keeps its schema headers and the trace of the
+    # request that sent it (one trace id per accepted request, spooled or not).
+    assert {
+        (header(r.headers, "producer"), header(r.headers, "message-type")) for r in records
+    } == {("ingest", "Signal")}
+    traces = {header(r.headers, "traceparent") for r in records}
+    assert None not in traces and len(traces) == len(poster.statuses)
+    assert '"event": "spool_recovered"' in tail(tmp_path / "second.log", 10**7)
+    [letter] = await consume(settings, settings.topics.dlq, count=1)
     assert DeadLetter.from_bytes(letter.value).original_key == bad["entity_id"]
 
 
@@ -320,7 +246,7 @@ async def test_a_full_spool_answers_503_with_retry_after(
     """With the broker frozen and the spool at its limit, a post is refused 503 with
     Retry-After (the client keeps its records); what was accepted still arrives."""
     small = settings.model_copy(update={"spool_max_bytes": 8 * 1024})
-    async with serving(small) as client:
+    async with serving_client(small) as client:
         poster = Poster(client, batch=5)
         with paused(kafka_broker.pid):
             while not poster.refused:
@@ -367,46 +293,3 @@ def _metric(text: str, name: str) -> float:
 def _body(response: httpx.Response) -> list[dict[str, Any]]:
     body: list[dict[str, Any]] = json.loads(response.request.content)
     return body
-
-
-def _env(settings: IngestSettings) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "SIGNALOPS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "SIGNALOPS_REDIS_URL": settings.redis_url,
-        "SIGNALOPS_INGEST_PORT": str(settings.ingest_port),
-        "SIGNALOPS_DEFINITIONS": str(settings.definitions),
-        "SIGNALOPS_DATA_DIR": str(settings.data_dir),
-        "SIGNALOPS_CONSUMER_GROUP": settings.consumer_group,
-        "SIGNALOPS_KAFKA_PARTITIONS": str(settings.kafka_partitions),
-        "SIGNALOPS_SPOOL_DIR": str(settings.spool_dir),
-        "SIGNALOPS_SPOOL_PUBLISH_TIMEOUT_S": str(settings.spool_publish_timeout_s),
-    }
-    env.update({f"SIGNALOPS_TOPICS__{k.upper()}": v for k, v in settings.topics})
-    return env
-
-
-def _spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "services.ingest.main"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _tail(log: Path, chars: int = 3000) -> str:
-    return log.read_text()[-chars:]
-
-
-async def _wait_ready(client: httpx.AsyncClient, proc: subprocess.Popen[bytes], log: Path) -> None:
-    async def ready() -> bool:
-        assert proc.poll() is None, _tail(log)
-        try:
-            return (await client.get("/readyz")).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    await eventually(ready, timeout_s=90)

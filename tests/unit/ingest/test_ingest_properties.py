@@ -16,8 +16,8 @@ from libs.common.definitions import Definitions
 from libs.common.schemas import DeadLetter, Signal
 from libs.common.settings import Topics
 from services.ingest.core import reasons, split_body
-from services.ingest.core.batch import _split_parsed, _utf8
-from services.ingest.core.verdicts import BatchResult
+from services.ingest.core.batch import RecordItem, _split_parsed, _utf8
+from services.ingest.core.verdicts import BatchResult, judge
 from services.ingest.errors import BatchTooLarge, InvalidBody
 from services.ingest.handlers import IngestHandler
 from tests.unit.ingest.hostile_bodies import bodies
@@ -220,3 +220,19 @@ def test_one_pass_split_equals_the_full_parse(
             lambda b: _split_parsed(_utf8(b), b, wrapper="signals", max_records=MAX_BATCH),
             body,
         )
+
+
+def test_a_record_too_deep_to_validate_is_refused_and_its_neighbours_judged() -> None:
+    """A RecursionError while validating one record (nesting Python cannot print) is
+    that record's rejection, never the batch's crash."""
+
+    def validate(record: Any) -> Any:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    items = [RecordItem(0, b'"deep"', "deep"), RecordItem(1, b'"deep"', "deep")]
+    judged = judge(items, validate, max_record_bytes=1024)
+    assert [(i.index, e.reason) for i, e in judged.rejected] == [
+        (0, reasons.INVALID_ENVELOPE),
+        (1, reasons.INVALID_ENVELOPE),
+    ]
+    assert "nested too deeply" in judged.rejected[0][1].detail

@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.ingest.core.spool_format import FRAME_OVERHEAD, SpooledRecord, encode, scan
+from services.ingest.core.spool_format import (
+    FRAME_OVERHEAD,
+    SpooledRecord,
+    encode,
+    encode_v0,
+    scan,
+)
 from services.ingest.spool import FileSpool, SpoolFull
 
 records = st.builds(
@@ -19,6 +25,9 @@ records = st.builds(
     kind=st.sampled_from(["Signal", "Outcome", "DeadLetter"]),
     value=st.binary(max_size=300),
     appended_at=st.floats(min_value=0, max_value=4e9),
+    headers=st.lists(st.tuples(st.text(max_size=20), st.binary(max_size=60)), max_size=4).map(
+        tuple
+    ),
 )
 
 
@@ -78,8 +87,38 @@ def test_an_impossible_length_is_reported_not_trusted() -> None:
 def test_a_consistent_crc_over_bad_inner_lengths_is_a_bad_payload() -> None:
     """A payload whose CRC matches but whose inner lengths overrun it is refused."""
     payload = encode(record(1))[8:FRAME_OVERHEAD]  # header only: lengths promise more
-    frame = len(payload).to_bytes(4, "little") + zlib.crc32(payload).to_bytes(4, "little")
+    word = (1 << 28 | len(payload)).to_bytes(4, "little")
+    frame = word + zlib.crc32(payload, zlib.crc32(word)).to_bytes(4, "little")
     assert scan(frame + payload).problem == "bad_payload"
+
+
+@given(st.lists(records, max_size=10), st.lists(records, max_size=10))
+def test_frames_of_the_previous_format_are_read_and_new_ones_follow(
+    old: list[SpooledRecord], new: list[SpooledRecord]
+) -> None:
+    """Unversioned frames (commit 5a176a7, no headers) scan back to their records without
+    headers, and frames of the current version appended after them scan too."""
+    buf = b"".join(encode_v0(r) for r in old) + b"".join(encode(r) for r in new)
+    found = scan(buf)
+    without_headers = [SpooledRecord(r.topic, r.key, r.kind, r.value, r.appended_at) for r in old]
+    assert [r for _, r in found.records] == without_headers + new
+    assert (found.end, found.problem) == (len(buf), None)
+
+
+def test_a_flipped_version_bit_is_a_crc_mismatch_not_the_other_layout() -> None:
+    """The current CRC covers the version: a frame whose version bit flipped to the
+    previous format's is refused, not decoded with that format's layout."""
+    frame = bytearray(encode(record(1)))
+    frame[3] ^= 0x10  # bit 28 of the little-endian length word
+    assert scan(bytes(frame)).problem == "crc_mismatch"
+
+
+def test_a_scan_stops_at_its_limit() -> None:
+    """`limit` records are decoded and `end` follows the last of them (a drain batch)."""
+    frames = [encode(record(n)) for n in range(5)]
+    found = scan(b"".join(frames), limit=2)
+    assert [r for _, r in found.records] == [record(0), record(1)]
+    assert (found.end, found.problem) == (len(frames[0]) + len(frames[1]), None)
 
 
 def test_encode_refuses_a_kind_too_long_for_its_prefix() -> None:
@@ -241,3 +280,20 @@ def test_appends_and_drains_in_any_sizes_keep_order(
         return out
 
     assert asyncio.run(run()) == [record(n).value for n in range(sum(appends))]
+
+
+async def test_a_spool_of_the_previous_format_is_recovered_and_appended_to(
+    tmp_path: Path,
+) -> None:
+    """A segment of the previous release's frames is counted at open, torn tail and all,
+    and new frames are appended after its intact records."""
+    segment = tmp_path / f"{0:012d}.seg"
+    segment.write_bytes(b"".join(encode_v0(record(n)) for n in range(3)) + encode_v0(record(3))[:9])
+    spool = FileSpool(tmp_path, max_bytes=1 << 20, segment_bytes=1 << 20)
+    await spool.open()
+    assert spool.pending_records == 3
+    assert spool.pending_bytes == 3 * len(encode_v0(record(0)))
+    await spool.append([record(4)])
+    batch = await spool.read_batch(10)
+    assert [r.value for r in batch.records] == [record(n).value for n in (0, 1, 2, 4)]
+    await spool.close()

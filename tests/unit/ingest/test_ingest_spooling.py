@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from libs.common.clients.kafka import MemoryPublisher
+from libs.common.clients.kafka import MemoryPublisher, RawOutgoing
 from libs.common.clients.kafka.base import Outgoing
 from libs.common.errors import DependencyUnavailable
 from libs.common.schemas import Signal
+from services.ingest.core.spool_format import SpooledRecord, encode_v0
 from services.ingest.spool import FileSpool
 from services.ingest.spooling import SpoolingPublisher
 
@@ -38,6 +41,14 @@ class FlakyBroker(MemoryPublisher):
         await self.gate.wait()
         await super().publish_many(items)
 
+    async def publish_raw_many(self, records: Sequence[RawOutgoing]) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.down:
+            raise DependencyUnavailable("kafka", "circuit open")
+        await self.gate.wait()
+        await super().publish_raw_many(records)
+
 
 def signals(first: int, count: int) -> list[Outgoing]:
     return [
@@ -51,7 +62,8 @@ def signals(first: int, count: int) -> list[Outgoing]:
 
 
 def published(broker: MemoryPublisher) -> list[str]:
-    return [m.event_id for m in broker.messages["signals.valid"]]
+    """Event ids on signals.valid, sent directly or drained from the spool, in order."""
+    return [Signal.from_bytes(value).event_id for _, value in broker.sent["signals.valid"]]
 
 
 async def eventually(check: Callable[[], bool], timeout_s: float = 10) -> None:
@@ -157,3 +169,50 @@ async def test_a_restarted_spooler_drains_what_the_previous_one_left(
         await second.publish_many(signals(4, 1))  # behind the recovered records
         await eventually(lambda: second.spool.idle)
     assert published(up) == ["e0", "e1", "e2", "e3", "e4"]
+
+
+async def test_a_drained_record_is_published_as_spooled_with_the_requests_trace(
+    make_spooler: Callable[[FlakyBroker], SpoolingPublisher],
+) -> None:
+    """A record spooled inside a request's trace is drained with that trace's
+    traceparent, its schema headers, its key and the exact bytes a direct publish sends."""
+    broker = FlakyBroker(down=True)
+    spooler = make_spooler(broker)
+    request = SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(1))
+    items = signals(0, 2)
+    async with spooler.running():
+        with trace.use_span(NonRecordingSpan(request)):
+            await spooler.publish_many(items)
+        broker.down = False
+        await eventually(lambda: spooler.spool.idle)
+    assert broker.sent["signals.valid"] == [(k, m.to_bytes()) for _, m, k in items]
+    for headers in broker.raw_headers["signals.valid"]:
+        assert dict(headers) == {
+            "message-type": b"Signal",
+            "message-version": b"1",
+            "traceparent": f"00-{0xABC:032x}-{0xDEF:016x}-01".encode(),
+        }
+
+
+async def test_a_spool_of_the_previous_format_is_drained_after_an_upgrade(
+    make_spooler: Callable[[FlakyBroker], SpoolingPublisher], tmp_path: Path
+) -> None:
+    """A segment written by the previous release (unversioned frames, no headers) is
+    recovered and published in order before records spooled after the upgrade, with its
+    schema name as a header (it kept no trace context)."""
+    old = signals(0, 3)
+    segment = tmp_path / "spool" / f"{0:012d}.seg"
+    segment.parent.mkdir()
+    segment.write_bytes(
+        b"".join(encode_v0(SpooledRecord(t, k, "Signal", m.to_bytes(), 1000.0)) for t, m, k in old)
+    )
+    broker = FlakyBroker(down=True)
+    spooler = make_spooler(broker)
+    async with spooler.running():
+        assert spooler.spool.pending_records == 3
+        await spooler.publish_many(signals(3, 1))  # behind them, in the new format
+        broker.down = False
+        await eventually(lambda: spooler.spool.idle)
+    assert published(broker) == ["e0", "e1", "e2", "e3"]
+    assert broker.sent["signals.valid"][:3] == [(k, m.to_bytes()) for _, m, k in old]
+    assert broker.raw_headers["signals.valid"][0] == [("message-type", b"Signal")]

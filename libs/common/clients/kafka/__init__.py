@@ -3,7 +3,7 @@ dead letters built in one place, and an in-memory publisher for handler tests.
 """
 
 from libs.common.clients.kafka.admin import ensure_topics, ensure_topics_of
-from libs.common.clients.kafka.base import Outgoing, Publisher
+from libs.common.clients.kafka.base import Outgoing, Publisher, RawOutgoing
 from libs.common.clients.kafka.consumer import make_consumer
 from libs.common.clients.kafka.dead_letters import (
     DeadLetters,
@@ -25,6 +25,7 @@ __all__ = [
     "MemoryPublisher",
     "Outgoing",
     "Publisher",
+    "RawOutgoing",
     "Subscription",
     "content_origin",
     "dead_letter",

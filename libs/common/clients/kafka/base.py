@@ -10,6 +10,9 @@ from libs.common.schemas import Message
 Outgoing = tuple[str, Message, str | None]
 """(topic, message, key) of one message to publish."""
 
+RawOutgoing = tuple[str, str | None, bytes, Sequence[tuple[str, bytes]]]
+"""(topic, key, value, headers) of one record published as it is (already serialised)."""
+
 
 class Publisher(Protocol):
     async def publish(self, topic: str, message: Message, *, key: str | None = None) -> None:
@@ -25,4 +28,9 @@ class Publisher(Protocol):
 
     async def publish_raw(self, topic: str, value: bytes, *, key: str | None = None) -> None:
         """Send bytes as they are (dead-letter replay)."""
+        ...
+
+    async def publish_raw_many(self, records: Sequence[RawOutgoing]) -> None:
+        """Send serialised records in order with their own headers (plus the producer's);
+        return once all are acknowledged (the outage spool's drain)."""
         ...

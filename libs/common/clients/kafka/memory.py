@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from libs.common.clients.kafka.base import Outgoing
+from libs.common.clients.kafka.base import Outgoing, RawOutgoing
 from libs.common.schemas import Message
 
 
@@ -16,6 +16,10 @@ class MemoryPublisher:
         default_factory=lambda: defaultdict(list)
     )
     messages: dict[str, list[Message]] = field(default_factory=lambda: defaultdict(list))
+    # Headers of what publish_raw_many sent, per topic, parallel to its entries in `sent`.
+    raw_headers: dict[str, list[list[tuple[str, bytes]]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
 
     async def publish(self, topic: str, message: Message, *, key: str | None = None) -> None:
         self.messages[topic].append(message)
@@ -27,3 +31,8 @@ class MemoryPublisher:
 
     async def publish_raw(self, topic: str, value: bytes, *, key: str | None = None) -> None:
         self.sent[topic].append((key, value))
+
+    async def publish_raw_many(self, records: Sequence[RawOutgoing]) -> None:
+        for topic, key, value, headers in records:
+            self.sent[topic].append((key, value))
+            self.raw_headers[topic].append(list(headers))

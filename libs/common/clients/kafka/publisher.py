@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 from tenacity import AsyncRetrying, stop_after_delay, wait_random_exponential
 
-from libs.common.clients.kafka.base import Outgoing
+from libs.common.clients.kafka.base import Outgoing, RawOutgoing
 from libs.common.observability.tracing import inject_headers
 from libs.common.resilience import Policy
 from libs.common.schemas import Message
@@ -112,6 +112,27 @@ class KafkaPublisher:
             )
 
         await self.policy.call(send)
+
+    async def publish_raw_many(self, records: Sequence[RawOutgoing]) -> None:
+        """Send serialised records in order, then wait for all acknowledgements.
+
+        Like `publish_many` (same producer, pipelining and policy), but the values are
+        sent as they are, and each record's headers are its own (schema and the trace
+        context of the request that produced it) after this producer's header.
+        """
+        if records:
+            await self.policy.call(self._send_raw_all, records)
+
+    async def _send_raw_all(self, records: Sequence[RawOutgoing]) -> None:
+        producer = ("producer", self._client_id.encode())
+        send = self._producer.send
+        futures = [
+            await send(
+                topic, value, key=key.encode() if key else None, headers=[producer, *headers]
+            )
+            for topic, key, value, headers in records
+        ]
+        await asyncio.gather(*futures)
 
     async def send_nowait(
         self, topic: str, message: Message, key: str | None, headers: list[tuple[str, bytes]]

@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 
 from libs.common.clients.kafka.admin import ensure_topics_of
-from libs.common.clients.kafka.base import Outgoing
+from libs.common.clients.kafka.base import Outgoing, RawOutgoing
 from libs.common.clients.kafka.consumer import make_consumer
 from libs.common.clients.kafka.dead_letters import DeadLetters
 from libs.common.clients.kafka.deliveries import Delivery
@@ -138,6 +138,9 @@ class KafkaRuntime:
 
     async def publish_raw(self, topic: str, value: bytes, *, key: str | None = None) -> None:
         await self.publisher.publish_raw(topic, value, key=key)
+
+    async def publish_raw_many(self, records: Sequence[RawOutgoing]) -> None:
+        await self.publisher.publish_raw_many(records)
 
     # lifecycle ---------------------------------------------------------------------
     def subscribe(self, subscription: Subscription) -> None:

@@ -143,7 +143,8 @@ async def _ingest(
         span.set_attribute("ingest.rejected", len(result.rejected))
         if not result.rejected:
             return _json(result, 202)
-        return _json(result, 422 if not result.accepted else 207)
+        # A duplicate was taken before: with a rejection beside it the batch is mixed.
+        return _json(result, 422 if not (result.accepted or result.duplicates) else 207)
 
 
 async def _answer(pending: Awaitable[BatchResult]) -> BatchResult | Response:

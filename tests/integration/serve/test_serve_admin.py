@@ -326,7 +326,9 @@ async def test_dlq_replay_through_ingest_admin_endpoint(
         _cli, monkeypatch, stack, "dlq", "replay", "--reason", reason, key=OPS_KEY
     )
     assert result.exit_code == 0, result.output
-    assert f"replayed 1 of 1 chosen (1 dead letters) to {topics.raw}; 0 failed" in result.output
+    assert f"replayed 1 to {topics.raw}, 0 outcomes accepted, 0 rejected again, 0 skipped" in (
+        result.output
+    )
     raw = await read_to_end(stack.ingest.kafka_bootstrap, topics.raw)
     assert [d.value for d in raw] == [original]
     # Ingest consumed it again and dead-lettered it again, with the same reason.

@@ -17,6 +17,7 @@ from libs.common.definitions import Definitions
 from libs.common.schemas import DeadLetter, Signal
 from libs.common.settings import Topics
 from services.ingest.adapters.http import create_app
+from services.ingest.core.dedup import MemoryDedupWindow
 from services.ingest.handlers import IngestHandler
 from services.ingest.main import build_app
 from services.ingest.settings import IngestSettings
@@ -81,6 +82,36 @@ async def test_mixed_batch_answers_207(
     assert (rejected["index"], rejected["reason"]) == (1, "out_of_range")
     assert "above its maximum 150" in rejected["detail"]
     assert len(publisher.sent[topics.valid]) == len(publisher.sent[topics.dlq]) == 1
+
+
+async def test_a_retried_record_beside_a_rejected_one_answers_207(
+    settings: IngestSettings,
+    publisher: MemoryPublisher,
+    definitions: Definitions,
+    now: datetime,
+    topics: Topics,
+    make_signal: Callable[..., Record],
+) -> None:
+    """A duplicate was taken before: with a rejection beside it the batch is mixed (207),
+    not all rejected (422), so a client retrying a partly bad batch is not told to drop
+    its good record."""
+    app = build_app(
+        settings,
+        publisher=publisher,
+        definitions=definitions,
+        clock=lambda: now,
+        dedup=MemoryDedupWindow(),
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+        good = make_signal(event_id="e-dup")
+        assert (await client.post("/v1/signals", json=good)).status_code == 202
+        response = await client.post("/v1/signals", json=[good, make_signal(source="nope")])
+    assert response.status_code == 207, response.text
+    body = response.json()
+    assert (body["accepted"], body["duplicates"]) == ([], [{"index": 0, "event_id": "e-dup"}])
+    assert [r["reason"] for r in body["rejected"]] == ["unknown_source"]
+    assert len(publisher.sent[topics.valid]) == 1
 
 
 async def test_all_rejected_answers_422(

@@ -96,24 +96,8 @@ class BodySizeLimit:
                 return messages
 
     async def _refuse(self, send: Any, what: str) -> None:
-        body = json.dumps(
-            {
-                "error": "body_too_large",
-                "message": f"{what}; the limit is {self.max_bytes} bytes: split the request",
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        message = f"{what}; the limit is {self.max_bytes} bytes: split the request"
+        await _send_json(send, 413, "body_too_large", message, (b"connection", b"close"))
 
 
 class ConcurrencyLimit:
@@ -170,25 +154,32 @@ class ConcurrencyLimit:
             self._gauge.dec()
 
     async def _refuse(self, send: Any) -> None:
-        body = json.dumps(
-            {
-                "error": "too_many_requests_in_flight",
-                "message": f"{self.max_requests} requests are being served; retry after "
-                f"{self._retry_after.decode()} s",
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", self._retry_after),
-                ],
-            }
+        message = (
+            f"{self.max_requests} requests are being served; retry after "
+            f"{self._retry_after.decode()} s"
         )
-        await send({"type": "http.response.body", "body": body})
+        await _send_json(
+            send, 503, "too_many_requests_in_flight", message, (b"retry-after", self._retry_after)
+        )
+
+
+async def _send_json(
+    send: Any, status: int, error: str, message: str, *headers: tuple[bytes, bytes]
+) -> None:
+    """A whole JSON answer {"error", "message"} from a pure ASGI middleware."""
+    body = json.dumps({"error": error, "message": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _content_length(scope: Scope) -> int | None:

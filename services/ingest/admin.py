@@ -23,16 +23,16 @@ from opentelemetry import trace
 from pydantic import AwareDatetime, BaseModel, Field, ValidationError
 
 from libs.common.clients.kafka import Publisher
+from libs.common.clients.kafka.pages import Cursor, InvalidCursor, Page
 from libs.common.errors import DependencyUnavailable
 from libs.common.http import security_refusal
 from libs.common.observability import get_logger, tracer
 from libs.common.schemas import DeadLetter, Signal
 from libs.common.security import KeyRing, SecurityError
-from services.ingest.adapters.dead_letter_pages import Cursor, Page
 from services.ingest.core.batch import split_body
 from services.ingest.core.dead_letters import LetterFilter, ReplayLine, ReplayOutcome
 from services.ingest.core.dedup import dedup_key
-from services.ingest.errors import BatchTooLarge, InvalidBody, InvalidCursor
+from services.ingest.errors import BatchTooLarge, InvalidBody
 from services.ingest.handlers import OUTCOMES, SERVICE, IngestHandler
 from services.ingest.settings import IngestSettings
 
@@ -204,7 +204,7 @@ def admin_router(
 
     Args:
         keys: the known API keys.
-        read_page: reads one page of signals.dlq (KafkaDeadLetterPages.page).
+        read_page: reads one page of signals.dlq (TopicPages.page).
         replayer: replays letters at most once.
         page_size: records per page when the request names none.
     """

@@ -48,13 +48,3 @@ class PollSecretMissing(IngestError):
     Operator action: set the environment variable or mount the file named in the
     message, then restart ingest.
     """
-
-
-class InvalidCursor(IngestError):
-    """A dead-letter listing's cursor that ingest did not write (answered 400).
-
-    Operator action: start the listing again without a cursor.
-    """
-
-    def __init__(self, cursor: str) -> None:
-        super().__init__(f"cursor {cursor[:40]!r} is not one ingest wrote; list again without it")

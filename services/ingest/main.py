@@ -18,13 +18,13 @@ import uvicorn
 from fastapi import FastAPI
 
 from libs.common.clients.kafka import KafkaRuntime, Publisher, Subscription
+from libs.common.clients.kafka.pages import TopicPages
 from libs.common.definitions import Definitions, load_definitions
 from libs.common.observability import configure_logging, configure_tracing
 from libs.common.observability.metrics import INFO
 from libs.common.resilience import Policy
 from libs.common.schemas import utcnow
 from libs.common.security import KeyRing
-from services.ingest.adapters.dead_letter_pages import KafkaDeadLetterPages
 from services.ingest.adapters.http import always_ready, create_app
 from services.ingest.admin import DeadLetterReplayer, ReadPage, ReplayLedger, admin_router
 from services.ingest.core.dedup import DedupWindow, NoDedupWindow
@@ -140,7 +140,7 @@ def build_app(
     )
     # Admin (admin scope): reads signals.dlq, writes signals.raw and, via the handler,
     # outcomes and signals.dlq.
-    pages = read_page or KafkaDeadLetterPages(settings.kafka_bootstrap, settings.topics.dlq).page
+    pages = read_page or TopicPages(settings.kafka_bootstrap, settings.topics.dlq).page
     replayer = DeadLetterReplayer(handler, publisher, ledger, settings)
     app.include_router(
         admin_router(KeyRing.from_settings(settings), pages, replayer, settings.dlq_page_size)

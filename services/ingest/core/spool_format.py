@@ -145,15 +145,7 @@ def decode_payload(payload: bytes, version: int = VERSION) -> SpooledRecord:
     if len(payload) < _HEAD.size:
         raise ValueError(f"payload of {len(payload)} bytes is shorter than its header")
     appended_at, kind_len, topic_len, key_len, headers_len = _HEAD.unpack_from(payload)
-    pos = _HEAD.size
-    kind = payload[pos : pos + kind_len].decode()
-    pos += kind_len
-    topic = payload[pos : pos + topic_len].decode()
-    pos += topic_len
-    key: str | None = None
-    if key_len >= 0:
-        key = payload[pos : pos + key_len].decode()
-        pos += key_len
+    kind, topic, key, pos = _names(payload, _HEAD.size, kind_len, topic_len, key_len)
     end = pos + headers_len
     if end > len(payload) or key_len < -1:
         raise ValueError("payload lengths exceed the payload")
@@ -176,7 +168,16 @@ def _decode_v0(payload: bytes) -> SpooledRecord:
     if len(payload) < _HEAD_V0.size:
         raise ValueError(f"payload of {len(payload)} bytes is shorter than its header")
     appended_at, kind_len, topic_len, key_len = _HEAD_V0.unpack_from(payload)
-    pos = _HEAD_V0.size
+    kind, topic, key, pos = _names(payload, _HEAD_V0.size, kind_len, topic_len, key_len)
+    if pos > len(payload) or key_len < -1:
+        raise ValueError("payload lengths exceed the payload")
+    return SpooledRecord(topic, key, kind, payload[pos:], appended_at)
+
+
+def _names(
+    payload: bytes, pos: int, kind_len: int, topic_len: int, key_len: int
+) -> tuple[str, str, str | None, int]:
+    """Kind, topic and key (None when `key_len` is -1) from `pos`, and where they end."""
     kind = payload[pos : pos + kind_len].decode()
     pos += kind_len
     topic = payload[pos : pos + topic_len].decode()
@@ -185,9 +186,7 @@ def _decode_v0(payload: bytes) -> SpooledRecord:
     if key_len >= 0:
         key = payload[pos : pos + key_len].decode()
         pos += key_len
-    if pos > len(payload) or key_len < -1:
-        raise ValueError("payload lengths exceed the payload")
-    return SpooledRecord(topic, key, kind, payload[pos:], appended_at)
+    return kind, topic, key, pos
 
 
 def scan(buf: bytes, start: int = 0, limit: int | None = None) -> Scan:

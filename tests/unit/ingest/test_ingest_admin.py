@@ -13,10 +13,10 @@ import pytest
 
 from libs.common.clients.kafka import MemoryPublisher
 from libs.common.clients.kafka.dead_letters import dead_letter
+from libs.common.clients.kafka.pages import Cursor, Page
 from libs.common.definitions import Definitions
 from libs.common.schemas import DeadLetter
 from libs.common.settings import Topics
-from services.ingest.adapters.dead_letter_pages import Cursor, Page
 from services.ingest.core.dedup import MemoryDedupWindow
 from services.ingest.dedup import MemoryReplayLedger
 from services.ingest.main import build_app

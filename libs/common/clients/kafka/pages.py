@@ -1,5 +1,5 @@
-"""Reading the dead-letter topic page by page, from each partition's beginning to its
-end as it was when the listing started (the operator's `signalops dlq` commands).
+"""Reading a topic page by page, from each partition's beginning to its end as it was
+when the listing started (the operator's `signalops dlq` commands read signals.dlq so).
 
 The position travels in an opaque cursor between calls, so a listing of any size costs
 bounded memory on both sides and no state in ingest.
@@ -15,7 +15,17 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from services.ingest.errors import InvalidCursor
+from libs.common.errors import SignalopsError
+
+
+class InvalidCursor(SignalopsError):
+    """A listing's cursor that `Cursor.encode` did not write (answered 400).
+
+    Operator action: start the listing again without a cursor.
+    """
+
+    def __init__(self, cursor: str) -> None:
+        super().__init__(f"cursor {cursor[:40]!r} is not one ingest wrote; list again without it")
 
 
 @dataclass(frozen=True)
@@ -53,19 +63,22 @@ class Page:
     remaining: int
 
 
-class KafkaDeadLetterPages:
+class TopicPages:
     """Pages of `topic`, read without a consumer group.
 
     Args:
         bootstrap: the brokers.
-        topic: the dead-letter topic.
+        topic: the topic listed (signals.dlq for the dead-letter commands).
         within_s: time allowed for one page.
     """
 
-    def __init__(self, bootstrap: str, topic: str, *, within_s: float = 30.0) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, *, within_s: float = 30.0, client_id: str = "ingest-dlq"
+    ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.within_s = within_s
+        self.client_id = client_id
 
     async def page(self, cursor: Cursor | None, size: int) -> Page:
         """Up to `size` records from `cursor` (None: a new listing from the beginning).
@@ -76,7 +89,7 @@ class KafkaDeadLetterPages:
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
             group_id=None,
-            client_id="ingest-dlq",
+            client_id=self.client_id,
         )
         await consumer.start()
         try:

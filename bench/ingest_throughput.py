@@ -9,9 +9,12 @@ definitions) and reads what it publishes to signals.valid:
 - http: wrk (`-t2 -c4`, four clients) posting 1,000-signal batches built in Lua (every
   record unique, so the dedup window has nothing to drop) for `--seconds`; signals/s
   arriving on signals.valid, again over their record timestamps;
-- baseline: a bare aiokafka produce of the same records (same producer settings as
-  ingest's publisher: acks=all, linger 5 ms, 16 KiB batches, 1,000 per gather) from
-  this process, in the same run; each rate above is reported as a ratio to it;
+- baseline: a bare aiokafka produce of the same records (`send` per record, with the
+  producer settings of ingest's publisher: acks=all, linger 5 ms, `kafka_batch_bytes`
+  batches, 1,000 per gather) from this process, in the same run; each rate above is
+  reported as a ratio to it;
+- ceiling: the same records sent the way ingest's publisher sends them (record batches
+  built per partition, libs/common/clients/kafka/batching.py), reported for scale;
 - latency: paced at `--rate` (5,000/s) for `--latency-seconds`, once through
   signals.raw (records produced one by one, timestamped at send) and once over HTTP
   (a 50-signal batch every 10 ms, open loop); added latency = the signals.valid
@@ -57,8 +60,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.local_stack import tansu_and_redis
 from libs.common.clients.kafka import ensure_topics
+from libs.common.clients.kafka.batching import send_records
 from libs.common.net import free_port
-from libs.common.settings import Topics
+from libs.common.settings import Settings, Topics
 from libs.common.testing import spawn_service, stop_service
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +105,7 @@ class Ingest:
     url: str
 
     @classmethod
-    def start(cls, st: Stack, log: Path) -> Ingest:
+    def start(cls, st: Stack, log: Path, workers: int = 1) -> Ingest:
         port = free_port()
         env = {
             **os.environ,
@@ -112,6 +116,8 @@ class Ingest:
             "SIGNALOPS_KAFKA_PARTITIONS": str(PARTITIONS),
             "SIGNALOPS_INGEST_PORT": str(port),
             "SIGNALOPS_LOG_LEVEL": "WARNING",
+            "SIGNALOPS_INGEST_WORKERS": str(workers),
+            "SIGNALOPS_INGEST_WORKER_PORTS_FROM": str(free_port()),
         }
         proc = spawn_service("services.ingest.main", env, log)
         ingest = cls(proc, f"http://127.0.0.1:{port}")
@@ -127,8 +133,14 @@ class Ingest:
         raise RuntimeError("ingest not ready in 90 s")
 
     def cpu_s(self) -> float:
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return t.user + t.system
+        """CPU seconds of the ingest process and its workers (SIGNALOPS_INGEST_WORKERS)."""
+        parent = psutil.Process(self.proc.pid)
+        total = 0.0
+        for p in [parent, *parent.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
 
 
 # records ---------------------------------------------------------------------------
@@ -157,7 +169,7 @@ def producer(bootstrap: str) -> AIOKafkaProducer:
         bootstrap_servers=bootstrap,
         acks="all",
         linger_ms=5,
-        max_batch_size=16384,
+        max_batch_size=Settings().kafka_batch_bytes,
         enable_idempotence=False,
     )
 
@@ -294,12 +306,13 @@ end
 """
 
 
-def run_wrk(url: str, seconds: float, workdir: Path) -> dict[str, int]:
+def run_wrk(url: str, seconds: float, workdir: Path, connections: int) -> dict[str, int]:
     # Event times spread over the 50 min before now (sensors allow an hour of lateness).
     base_ms = int((datetime.now(UTC) - timedelta(minutes=55)).timestamp() * 1000)
     script = workdir / "ingest_batch.lua"
     script.write_text(WRK_LUA % (BATCH, base_ms, ENTITIES))
-    command = ["wrk", "-t2", "-c4", f"-d{max(1, round(seconds))}s", "--timeout", "30s"]
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s"]
+    command += ["--timeout", "30s"]
     command += ["-s", str(script), url]
     out = subprocess.run(
         command,
@@ -314,7 +327,7 @@ def run_wrk(url: str, seconds: float, workdir: Path) -> dict[str, int]:
 def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
     spy = REPO / ".venv" / "bin" / "py-spy"
     command = [str(spy), "record", "-p", str(pid), "-d", str(max(1, int(seconds)))]
-    command += ["-r", "100", "-f", "raw", "-o", str(out), "--nonblocking"]
+    command += ["-r", "100", "-f", "raw", "-o", str(out), "--nonblocking", "--subprocesses"]
     return subprocess.Popen(
         command,
         stdout=subprocess.DEVNULL,
@@ -365,7 +378,12 @@ async def phase_raw(tail: ValidTail, ingest: Ingest, n: int, seconds: float) -> 
 
 
 async def phase_http(
-    st: Stack, tail: ValidTail, ingest: Ingest, seconds: float, prof_dir: Path | None
+    st: Stack,
+    tail: ValidTail,
+    ingest: Ingest,
+    seconds: float,
+    prof_dir: Path | None,
+    connections: int,
 ) -> tuple[Result, Path | None]:
     first = len(tail.stamps)
     spy, prof_out = None, None
@@ -373,7 +391,7 @@ async def phase_http(
         prof_out = prof_dir / "ingest_http.txt"
         spy = profile(ingest.proc.pid, seconds - 1, prof_out)
     cpu0, t0 = ingest.cpu_s(), time.monotonic()
-    wrk = await asyncio.to_thread(run_wrk, ingest.url, seconds, st.workdir)
+    wrk = await asyncio.to_thread(run_wrk, ingest.url, seconds, st.workdir, connections)
     cpu = (ingest.cpu_s() - cpu0) / (time.monotonic() - t0)
     if spy is not None:
         spy.wait(timeout=60)
@@ -395,6 +413,25 @@ async def phase_baseline(st: Stack, seconds: float) -> Result:
     base = datetime.now(UTC) - timedelta(minutes=50)
     took = await produce(st.bootstrap, topic, records(n, 0, base))
     return Result("bare aiokafka produce", n, n / took)
+
+
+async def phase_ceiling(st: Stack, seconds: float) -> Result:
+    """The baseline's records sent as ingest's publisher sends them (batches built per
+    partition): what the broker and one Python producer can take on this machine."""
+    n = int(seconds * RAW_RATE)
+    topic = f"bench.ceiling.{time.time_ns()}"
+    await ensure_topics(st.bootstrap, [topic], PARTITIONS)
+    recs = records(n, 0, datetime.now(UTC) - timedelta(minutes=50))
+    p = producer(st.bootstrap)
+    await p.start()
+    try:
+        started = time.perf_counter()
+        for at in range(0, n, BATCH):
+            await send_records(p, [(topic, k, v, []) for k, v in recs[at : at + BATCH]])
+        took = time.perf_counter() - started
+    finally:
+        await p.stop()
+    return Result("batched produce (ceiling)", n, n / took)
 
 
 async def phase_latency(
@@ -467,15 +504,18 @@ async def main(args: argparse.Namespace) -> None:
         if prof_dir:
             prof_dir.mkdir(parents=True, exist_ok=True)
         base1 = await phase_baseline(st, args.seconds)
+        ceiling = await phase_ceiling(st, args.seconds)
         # The raw backlog is produced before ingest starts, which then drains it.
         n = int(args.seconds * RAW_RATE)
         base = datetime.now(UTC) - timedelta(minutes=50)
         await produce(st.bootstrap, TOPICS.raw, records(n, 0, base))
-        ingest = Ingest.start(st, log)
+        ingest = Ingest.start(st, log, args.workers)
         try:
             async with ValidTail(st.bootstrap, LATENCY_TAG.encode()) as tail:
                 raw = await phase_raw(tail, ingest, n, args.seconds)
-                http, prof_out = await phase_http(st, tail, ingest, args.seconds, prof_dir)
+                http, prof_out = await phase_http(
+                    st, tail, ingest, args.seconds, prof_dir, args.connections
+                )
                 base2 = await phase_baseline(st, args.seconds)
                 lat_raw = await phase_latency(
                     st, tail, ingest, args.rate, args.latency_seconds, via="raw"
@@ -492,7 +532,7 @@ async def main(args: argparse.Namespace) -> None:
     table = Table(title="ingest throughput (issue 9)")
     for col in ("phase", "records", "signals/s", "/ baseline", "ingest CPU", "notes"):
         table.add_column(col)
-    for r in (base1, base2, raw, http, lat_raw, lat_http):
+    for r in (base1, base2, ceiling, raw, http, lat_raw, lat_http):
         ratio = f"{r.rate / baseline:.2f}" if r in (raw, http) else ""
         cpu = f"{r.ingest_cpu:.0%}" if r.ingest_cpu is not None else ""
         table.add_row(r.phase, f"{r.records:,}", f"{r.rate:,.0f}", ratio, cpu, r.note)
@@ -524,6 +564,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rate", type=int, default=5000, help="paced rate of the latency phase")
     p.add_argument("--latency-seconds", type=float, default=10)
     p.add_argument("--profile", help="directory for a py-spy profile of the http phase")
+    p.add_argument(
+        "--workers", type=int, default=1, help="SIGNALOPS_INGEST_WORKERS of the ingest under test"
+    )
+    p.add_argument("--connections", type=int, default=4, help="wrk connections of the http phase")
     return p.parse_args()
 
 

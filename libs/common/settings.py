@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     # None: 1 in development (one embedded broker), 3 and 2 in production.
     kafka_replication_factor: int | None = Field(None, ge=1)
     kafka_min_insync_replicas: int | None = Field(None, ge=1)
+    # Largest record batch a producer builds per partition. 256 KiB, not aiokafka's
+    # 16 KiB: a produce round trip then carries about 16x the records, which took a
+    # bare produce from ~34,000 to ~47,000 records/s here (docs/benchmarks.md, issue 9).
+    kafka_batch_bytes: int = Field(262_144, ge=16_384, le=1_048_576)
     # The consume loop: attempts of a failing record before it is dead-lettered, and
     # the session/poll limits of consumer groups.
     consumer_max_attempts: int = Field(5, ge=1)

@@ -10,6 +10,7 @@ polled sources (`poll` in definitions)  -> IngestHandler.on_polled, on_stale (so
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from datetime import datetime
@@ -20,6 +21,7 @@ from fastapi import FastAPI
 from libs.common.clients.kafka import KafkaRuntime, Publisher, Subscription
 from libs.common.clients.kafka.pages import TopicPages
 from libs.common.definitions import Definitions, load_definitions
+from libs.common.lifecycle import OpsServer
 from libs.common.observability import configure_logging, configure_tracing
 from libs.common.observability.metrics import INFO
 from libs.common.resilience import Policy
@@ -34,6 +36,7 @@ from services.ingest.observation import SignalObserver
 from services.ingest.settings import IngestSettings
 from services.ingest.sources import PolledSources, RedisSnapshotStore, SnapshotStore
 from services.ingest.spooling import spooled_health, spooling_publisher
+from services.ingest.workers import run_workers
 
 
 def build_app(
@@ -114,10 +117,15 @@ def build_app(
         )
         try:
             async with spooling:  # recovers the spool; its drainer stops before Kafka
-                await polled.start()  # after the spool opened: polled records may need it
+                if settings.polls_sources:
+                    await polled.start()  # after the spool opened: polled records need it
+                if ops is not None:
+                    await ops.start()
                 try:
                     yield
                 finally:
+                    if ops is not None:
+                        await ops.stop()
                     await polled.stop()
         finally:
             if kafka is not None:
@@ -128,6 +136,18 @@ def build_app(
     alive = kafka.liveness if kafka is not None else list
     if kafka is not None and spooler is not None:
         ready, alive = spooled_health(kafka, spooler)  # ready while the spool has room
+    # A worker's own /metrics: ingest_port answers for whichever worker took the connection.
+    ops = (
+        OpsServer(
+            "ingest",
+            settings.ingest_host,
+            settings.ingest_worker_ports_from + settings.ingest_worker_index,
+            alive,
+            ready,
+        )
+        if settings.ingest_worker_index is not None
+        else None
+    )
     app = create_app(
         handler,
         settings,
@@ -149,13 +169,17 @@ def build_app(
 
 
 def main() -> None:
-    """Serve until SIGTERM/SIGINT; uvicorn then runs the lifespan shutdown."""
+    """Serve until SIGTERM/SIGINT; uvicorn then runs the lifespan shutdown. With
+    SIGNALOPS_INGEST_WORKERS=N this process supervises N workers instead (workers.py)."""
     settings = IngestSettings()
     configure_logging("ingest", settings.log_level)
+    if settings.ingest_workers > 1:
+        load_definitions(settings.definitions)  # an invalid file fails in the parent, once
+        raise SystemExit(run_workers(settings))
     configure_tracing("ingest", settings.otlp_endpoint)
     INFO.labels("ingest").set(1)
     app = build_app(settings)  # an invalid definitions file fails here, before listening
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.ingest_host,
         port=settings.ingest_port,
@@ -163,6 +187,11 @@ def main() -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+    server = uvicorn.Server(config)
+    if settings.ingest_listen_fd is None:
+        server.run()
+    else:  # a worker: the parent's listening socket, shared with the other workers
+        server.run(sockets=[socket.socket(fileno=settings.ingest_listen_fd)])
 
 
 if __name__ == "__main__":

@@ -33,6 +33,25 @@ class IngestSettings(Settings):
         "their body is read, so bodies in memory stay under this x max_body_bytes.",
     )
     consumer_group: str = "ingest"
+    # ---- worker processes (services/ingest/workers.py) ----
+    ingest_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Ingest processes on this machine sharing ingest_port (one core each); "
+        "they split signals.raw's partitions in one consumer group.",
+    )
+    ingest_worker_index: int | None = Field(
+        None, ge=0, description="Set by the parent for each worker; worker 0 polls the sources."
+    )
+    ingest_worker_ports_from: int = Field(
+        8140,
+        description="With workers: worker i serves /metrics, /healthz and /readyz on this + i "
+        "(ingest_port reaches whichever worker accepts the connection).",
+    )
+    ingest_listen_fd: int | None = Field(
+        None, ge=0, description="Set by the parent: the listening socket the workers share."
+    )
     # ---- schema drift and lineage (services/ingest/drift_log.py, core/schema_drift.py) ----
     schema_event_interval_s: float = Field(
         60.0,
@@ -46,6 +65,19 @@ class IngestSettings(Settings):
         description="Build stamped on every accepted signal as ingest_version; default the "
         "installed signalops package's version.",
     )
+
+    @property
+    def polls_sources(self) -> bool:
+        """Whether this process polls the polled sources: one process per machine does."""
+        return not self.ingest_worker_index
+
+    @property
+    def spool_directory(self) -> Path:
+        """This process's spool: worker 0 (or the only process) uses the configured one, so
+        turning workers on keeps a spool that is already there; worker i uses worker-<i>
+        inside it."""
+        base = self.spool_dir or self.data_dir / "spool"
+        return base / f"worker-{self.ingest_worker_index}" if self.ingest_worker_index else base
 
     @property
     def ingest_version(self) -> str:

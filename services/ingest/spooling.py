@@ -225,7 +225,7 @@ def _log_retry(state: RetryCallState) -> None:
 def spooling_publisher(publisher: Publisher, settings: IngestSettings) -> SpoolingPublisher:
     """The spool of `settings` (default under the data directory) in front of `publisher`."""
     spool = FileSpool(
-        settings.spool_dir or settings.data_dir / "spool",
+        settings.spool_directory,
         max_bytes=settings.spool_max_bytes,
         segment_bytes=settings.spool_segment_bytes,
     )

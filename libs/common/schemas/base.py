@@ -64,13 +64,21 @@ def canonical_time(value: Any) -> str:
     record fails validation anyway, and its id must still be stable).
     """
     try:
-        return _iso_utc(_AWARE.validate_python(value))
+        return iso_utc(_AWARE.validate_python(value))
     except ValidationError:
         return str(value)
 
 
-def _iso_utc(v: datetime) -> str:
-    return v.astimezone(UTC).isoformat().replace("+00:00", "Z")
+def as_utc(v: datetime) -> datetime:
+    """`v` with the standard library's UTC as its zone. Times parsed by pydantic carry
+    its own `TzInfo`, which `isoformat` calls back into for every offset: writing such a
+    time cost about 2 µs, a tenth of ingest's samples (issue 9)."""
+    return v if v.tzinfo is UTC else v.astimezone(UTC)
+
+
+def iso_utc(v: datetime) -> str:
+    # isoformat of a UTC time always ends in "+00:00".
+    return as_utc(v).isoformat()[:-6] + "Z"
 
 
 def with_content_id(
@@ -112,7 +120,7 @@ class Message(BaseModel):
 
     @field_serializer("event_time", "produced_at")
     def _iso(self, v: datetime) -> str:
-        return _iso_utc(v)
+        return iso_utc(v)
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()

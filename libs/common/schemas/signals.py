@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from pydantic import Field, field_serializer, model_validator
 
-from libs.common.schemas.base import Message, UtcDatetime, _iso_utc, with_content_id
+from libs.common.schemas.base import Message, UtcDatetime, as_utc, with_content_id
 
 FieldValue = float | int | bool | str | None
 
@@ -61,22 +61,25 @@ class Signal(Message):
         pins the equality.
         """
         try:
+            # orjson writes a UTC time as isoformat does, with "Z" (OPT_UTC_Z); pinned
+            # over years 1 to 9999 by test_signal_bytes_are_pydantics.
             return orjson.dumps(
                 {
                     "message_version": self.message_version,
                     "event_id": self.event_id,
-                    "event_time": _iso_utc(self.event_time),
-                    "produced_at": _iso_utc(self.produced_at),
+                    "event_time": as_utc(self.event_time),
+                    "produced_at": as_utc(self.produced_at),
                     "source": self.source,
                     "entity_id": self.entity_id,
                     "fields": self.fields,
                     "schema_version": self.schema_version,
-                    "ingested_at": None if self.ingested_at is None else _iso_utc(self.ingested_at),
+                    "ingested_at": None if self.ingested_at is None else as_utc(self.ingested_at),
                     "stale": self.stale,
                     "late": self.late,
                     "ingest_version": self.ingest_version,
-                    "snapshot_at": None if self.snapshot_at is None else _iso_utc(self.snapshot_at),
-                }
+                    "snapshot_at": None if self.snapshot_at is None else as_utc(self.snapshot_at),
+                },
+                option=orjson.OPT_UTC_Z,
             )
         except orjson.JSONEncodeError:
             return super().to_bytes()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from libs.common.schemas.base import iso_utc
 
 JSON_TYPE = {
     bool: "a boolean",
@@ -26,4 +28,4 @@ def show(value: Any, limit: int = 60) -> str:
 
 
 def iso(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return iso_utc(t)

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from libs.common.definitions import Definitions
 from libs.common.errors import RecordInvalid
 from libs.common.schemas import Message, Outcome, Signal
-from libs.common.schemas.base import stable_id
+from libs.common.schemas.base import as_utc, stable_id
 from services.ingest.core._describe import iso, json_type, show
 from services.ingest.core.batch import parse_json
 from services.ingest.core.fields import check_fields
@@ -163,10 +163,13 @@ def _completed(
     `canonical_time` parses it (tests/unit/ingest/test_ingest_validate_once.py checks
     both against the whole validation).
     """
-    update: dict[str, Any] = {"fields": dict(fields), "late": late}
+    # The time in the standard library's UTC: written once for the id, once in the
+    # record, and pydantic's own zone makes every write slow (libs/common/schemas/base.py).
+    event_time = as_utc(envelope.event_time)
+    update: dict[str, Any] = {"fields": dict(fields), "late": late, "event_time": event_time}
     if not data.get("event_id"):
         update["event_id"] = stable_id(
-            data.get("source"), data.get("entity_id"), iso(envelope.event_time), fields, version
+            data.get("source"), data.get("entity_id"), iso(event_time), fields, version
         )
     # What `model_copy(update=...)` does, without copying a model nothing else holds
     # (6% of ingest's samples): these keys are already in the envelope's fields set.

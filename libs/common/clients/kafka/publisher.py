@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaProducer
 from tenacity import AsyncRetrying, stop_after_delay, wait_random_exponential
 
 from libs.common.clients.kafka.base import Outgoing, RawOutgoing
+from libs.common.clients.kafka.batching import send_records
 from libs.common.observability.tracing import inject_headers
 from libs.common.resilience import Policy
 from libs.common.schemas import Message
@@ -97,13 +98,17 @@ class KafkaPublisher:
             await self.policy.call(self._send_all, items)
 
     async def _send_all(self, items: Sequence[Outgoing]) -> None:
-        futures = [
-            await self._producer.send(
-                topic, m.to_bytes(), key=k.encode() if k else None, headers=self.headers(m)
-            )
-            for topic, m, k in items
-        ]
-        await asyncio.gather(*futures)
+        # The headers depend on the message's type and version and the caller's trace
+        # context only: built once per type for the whole call, not once per record.
+        headers: dict[tuple[type[Message], int], list[tuple[str, bytes]]] = {}
+        records = []
+        for topic, m, k in items:
+            kind = (type(m), m.message_version)
+            h = headers.get(kind)
+            if h is None:
+                h = headers[kind] = self.headers(m)
+            records.append((topic, k.encode() if k else None, m.to_bytes(), h))
+        await send_records(self._producer, records)
 
     async def publish_raw(self, topic: str, value: bytes, *, key: str | None = None) -> None:
         async def send() -> None:
@@ -125,14 +130,13 @@ class KafkaPublisher:
 
     async def _send_raw_all(self, records: Sequence[RawOutgoing]) -> None:
         producer = ("producer", self._client_id.encode())
-        send = self._producer.send
-        futures = [
-            await send(
-                topic, value, key=key.encode() if key else None, headers=[producer, *headers]
-            )
-            for topic, key, value, headers in records
-        ]
-        await asyncio.gather(*futures)
+        await send_records(
+            self._producer,
+            (
+                (topic, key.encode() if key else None, value, [producer, *headers])
+                for topic, key, value, headers in records
+            ),
+        )
 
     async def send_nowait(
         self, topic: str, message: Message, key: str | None, headers: list[tuple[str, bytes]]

@@ -122,6 +122,7 @@ class KafkaRuntime:
             settings.kafka_bootstrap,
             client_id=client_id,
             timeout_s=max(10.0, settings.call_timeout_s),
+            max_batch_bytes=settings.kafka_batch_bytes,
         )
         self.dead_letters = DeadLetters(self.publisher, settings.topics.dlq, client_id)
         self._loops: list[_LoopState] = []

@@ -29,6 +29,16 @@ class BatchTooLarge(IngestError):
     reason = "batch_too_large"
 
 
+class BodyTooSlow(IngestError):
+    """The body did not arrive within body_timeout_s (a stalled or slow-drip client).
+
+    Nothing is accepted: the request's slot under max_concurrent_requests is freed
+    (408) instead of being held by a client that sends a byte at a time.
+    """
+
+    reason = "body_timeout"
+
+
 class SourceRecordInvalid(RecordInvalid):
     """A signal of a known source rejected for one field or for its time.
 

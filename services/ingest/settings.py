@@ -32,7 +32,21 @@ class IngestSettings(Settings):
         description="Most POSTs served at once; more are answered 503 with Retry-After before "
         "their body is read, so bodies in memory stay under this x max_body_bytes.",
     )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait for a request's body once its headers arrived; a slower "
+        "one is answered 408 and frees its slot under max_concurrent_requests.",
+    )
     consumer_group: str = "ingest"
+    raw_max_records: int = Field(
+        2000,
+        ge=1,
+        le=20000,
+        description="Most signals.raw records validated and published as one batch: each "
+        "batch waits on the broker and Redis a few times, so larger batches move more "
+        "records per wait.",
+    )
     # ---- worker processes (services/ingest/workers.py) ----
     ingest_workers: int = Field(
         1,
@@ -48,9 +62,6 @@ class IngestSettings(Settings):
         8140,
         description="With workers: worker i serves /metrics, /healthz and /readyz on this + i "
         "(ingest_port reaches whichever worker accepts the connection).",
-    )
-    ingest_listen_fd: int | None = Field(
-        None, ge=0, description="Set by the parent: the listening socket the workers share."
     )
     # ---- schema drift and lineage (services/ingest/drift_log.py, core/schema_drift.py) ----
     schema_event_interval_s: float = Field(

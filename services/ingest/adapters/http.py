@@ -6,6 +6,7 @@ the answer comes only after the broker acknowledged what was published.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -24,7 +25,7 @@ from libs.common.observability import get_logger, tracer
 from libs.common.schemas import Message, Outcome, Signal
 from services.ingest.core.batch import RecordItem, split_body
 from services.ingest.core.verdicts import BatchResult
-from services.ingest.errors import BatchTooLarge, InvalidBody
+from services.ingest.errors import BatchTooLarge, BodyTooSlow, InvalidBody
 from services.ingest.handlers import IngestHandler
 from services.ingest.settings import IngestSettings
 from services.ingest.spool import SpoolFull
@@ -127,8 +128,22 @@ async def _ingest(
     route = f"POST /v1/{wrapper}"
     with tracer("ingest").start_as_current_span(route, kind=trace.SpanKind.SERVER) as span:
         try:
-            body = await _read_body(request, settings.max_body_bytes)
+            async with asyncio.timeout(settings.body_timeout_s):
+                body = await _read_body(request, settings.max_body_bytes)
             items = split_body(body, wrapper=wrapper, max_records=settings.max_batch)
+        except TimeoutError:
+            # A slow-drip client (slowloris) would hold one of max_concurrent_requests
+            # for as long as it liked; it is cut off and told why.
+            exc = BodyTooSlow(
+                f"the body did not arrive within {settings.body_timeout_s:g} s; send it at "
+                "once, or split the batch"
+            )
+            span.set_attribute("ingest.error", exc.reason)
+            return JSONResponse(
+                {"error": exc.reason, "detail": str(exc)},
+                status_code=408,
+                headers={"Connection": "close"},
+            )
         except BatchTooLarge as exc:
             span.set_attribute("ingest.error", exc.reason)
             return JSONResponse({"error": exc.reason, "detail": str(exc)}, status_code=413)

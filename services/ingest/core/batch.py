@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from services.ingest.errors import BatchTooLarge, InvalidBody
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -121,6 +123,14 @@ def split_body(body: bytes, *, wrapper: str, max_records: int) -> list[RecordIte
         InvalidBody: the body is not (strict) JSON.
         BatchTooLarge: the body holds more than `max_records` records.
     """
+    compact = _compact_batch(body, wrapper)
+    if compact is not None:
+        if len(compact) > max_records:
+            raise BatchTooLarge(
+                f"{len(compact)} records in one request; the limit is {max_records}, split "
+                "the batch"
+            )
+        return compact
     text = _utf8(body)
     spans = _scan_batch(text, wrapper)
     if spans is None:
@@ -130,6 +140,38 @@ def split_body(body: bytes, *, wrapper: str, max_records: int) -> list[RecordIte
             f"{len(spans)} records in one request; the limit is {max_records}, split the batch"
         )
     return _items(text, spans)
+
+
+def _compact_batch(body: bytes, wrapper: str) -> list[RecordItem] | None:
+    """The records of an array or wrapper body written as compact JSON (what most clients
+    send), or None for any other body (the scan below then splits it).
+
+    One orjson parse of the whole body and one orjson write of each record, about 1 µs
+    a record against 7 for scanning record by record (issue 9). The records' bytes are
+    their orjson writes, and they are taken only when the body is exactly those writes
+    joined, byte for byte; so each record's bytes are what it had in the body, as the
+    scan would cut them. orjson refuses what strict JSON refuses (NaN, invalid UTF-8,
+    lone surrogates); anything else it refuses or writes differently (whitespace,
+    escapes, a number's spelling, repeated keys) takes the scan.
+    """
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if type(value) is list:
+        records, head, tail = value, b"[", b"]"
+    elif type(value) is dict and len(value) == 1 and type(value.get(wrapper)) is list:
+        records, head, tail = value[wrapper], b'{"' + wrapper.encode() + b'":[', b"]}"
+    else:
+        return None
+    try:
+        raws = [orjson.dumps(r) for r in records]
+    except orjson.JSONEncodeError:
+        return None
+    if head + b",".join(raws) + tail != body:
+        return None
+    pairs = enumerate(zip(raws, records, strict=True))
+    return [RecordItem(i, raw, record) for i, (raw, record) in pairs]
 
 
 def _split_parsed(text: str, body: bytes, *, wrapper: str, max_records: int) -> list[RecordItem]:

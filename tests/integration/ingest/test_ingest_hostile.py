@@ -224,3 +224,42 @@ async def _check_raw_fuzz(
     assert len(valid) == after["accepted"] and len(letters) == after["dead_lettered"]
     assert all(Signal.from_bytes(v).source == "sensors" for v in valid)
     assert all(d.reason in REASONS and d.detail for d in letters)
+
+
+async def test_a_stalled_body_is_cut_off_and_frees_its_slot(
+    make_ingest_settings: MakeIngestSettings, tmp_path: Path
+) -> None:
+    """Slowloris: with one request slot, a client that sends its headers and a few body
+    bytes, then stalls, holds the slot only for body_timeout_s (503 meanwhile), then gets
+    408 naming the limit, and the next client is served."""
+    settings = await make_ingest_settings(max_concurrent_requests=1, body_timeout_s=1.5)
+    env = ingest_env(settings, "max_concurrent_requests", "body_timeout_s")
+    proc = spawn_ingest(env, tmp_path / "ingest.log")
+    url = f"http://127.0.0.1:{settings.ingest_port}"
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            await wait_ready(client, proc)
+            reader, writer = await asyncio.open_connection("127.0.0.1", settings.ingest_port)
+            writer.write(
+                b"POST /v1/signals HTTP/1.1\r\nHost: ingest\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n[{"sou'
+            )
+            await writer.drain()
+            started = asyncio.get_running_loop().time()
+
+            async def held() -> bool:  # the stalled upload has the only slot
+                answer = await client.post("/v1/signals", json=[sensor("waiting")])
+                return answer.status_code == 503
+
+            await eventually(held, timeout_s=10)
+            status_line = await asyncio.wait_for(reader.readline(), timeout=15)
+            took = asyncio.get_running_loop().time() - started
+            rest = await asyncio.wait_for(reader.read(), timeout=5)
+            writer.close()
+            assert status_line.startswith(b"HTTP/1.1 408"), status_line
+            assert b"body_timeout" in rest and b"1.5 s" in rest
+            assert 1.0 <= took < 10, took
+            served = await client.post("/v1/signals", json=[sensor("after")])
+            assert served.status_code == 202, served.text
+    finally:
+        stop_service(proc, timeout_s=30)

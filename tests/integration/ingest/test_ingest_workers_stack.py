@@ -37,7 +37,7 @@ from tests.integration.ingest.ingest_server import (
 )
 
 pytestmark = pytest.mark.integration
-CLIENTS = 6
+CLIENTS = 6  # connections: SO_REUSEPORT spreads them over the workers
 BATCHES = 8  # per client
 BATCH = 100
 RAW = 400

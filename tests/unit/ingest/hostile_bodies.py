@@ -73,7 +73,8 @@ TOKENS = [
 hostile = st.one_of(
     *(st.just(Token(t)) for t in TOKENS),
     st.integers(18, 5000).map(lambda n: Token("9" * n)),  # past int64, past int() digits
-    st.integers(1, 3000).map(lambda d: Token("[" * d + "]" * d)),  # past the recursion limit
+    # From 2: "[]" alone would be an empty batch (no record), not one deep record.
+    st.integers(2, 3000).map(lambda d: Token("[" * d + "]" * d)),  # past the recursion limit
     st.integers(1, 1500).map(lambda d: Token('{"a":' * d + "1" + "}" * d)),
     st.integers(0, 2 * MAX_RECORD).map(lambda n: "x" * n),  # around the record size limit
     st.floats() | st.integers(-(2**70), 2**70),  # epoch-like numbers where a time goes
@@ -155,13 +156,20 @@ class Body:
     records: int
 
 
+def _records_in(value: Any, wrapper: str) -> int:
+    """How many records a body of `value` holds: an array's (or the wrapper's) elements,
+    else the value is one record (hostile values can be either)."""
+    if isinstance(value, dict) and list(value) == [wrapper]:
+        value = value[wrapper]
+    return len(value) if isinstance(value, list) else 1
+
+
 def bodies(records: st.SearchStrategy[Any], wrapper: str) -> st.SearchStrategy[Body]:
     def shaped(draw: Callable[..., Any]) -> Body:
         kind = draw(st.sampled_from(["one", "one", "array", "wrapper", "other"]))
-        if kind == "one":
-            return Body(render(draw(records)).encode(), 1)
-        if kind == "other":
-            return Body(render(draw(hostile)).encode(), 1)
+        if kind in ("one", "other"):
+            value = draw(records if kind == "one" else hostile)
+            return Body(render(value).encode(), _records_in(value, wrapper))
         items = draw(st.lists(records | hostile, max_size=MAX_BATCH + 2))
         text = render(items) if kind == "array" else render({wrapper: items})
         return Body(text.encode(), len(items))

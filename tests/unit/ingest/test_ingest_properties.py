@@ -203,16 +203,24 @@ def _split_or_error(split: Any, body: bytes) -> Any:
     wrapped=st.booleans(),
     indent=st.none() | st.integers(0, 3),
     separators=st.sampled_from([(",", ":"), (", ", ": "), (" ,\n", " :\t")]),
+    ascii_only=st.booleans(),
     hostile=bodies(signal_like, "signals"),
 )
 def test_one_pass_split_equals_the_full_parse(
-    value: Any, wrapped: bool, indent: int | None, separators: tuple[str, str], hostile: Any
+    value: Any,
+    wrapped: bool,
+    indent: int | None,
+    separators: tuple[str, str],
+    ascii_only: bool,
+    hostile: Any,
 ) -> None:
-    """split_body's one-pass scan of arrays and wrappers gives the records, bytes and
-    errors of parsing the whole body first (the path it replaced, still the fallback)."""
-    text = json.dumps({"signals": value} if wrapped else value, indent=indent)
+    """split_body's compact path (orjson) and one-pass scan of arrays and wrappers give
+    the records, bytes and errors of parsing the whole body first (the path they
+    replaced, still the fallback)."""
+    body_value = {"signals": value} if wrapped else value
+    text = json.dumps(body_value, indent=indent, ensure_ascii=ascii_only)
     if indent is None:
-        text = json.dumps({"signals": value} if wrapped else value, separators=separators)
+        text = json.dumps(body_value, separators=separators, ensure_ascii=ascii_only)
     for body in (text.encode(), b" \n" + text.encode() + b"\t ", hostile.data):
         assert _split_or_error(
             lambda b: split_body(b, wrapper="signals", max_records=MAX_BATCH), body

@@ -225,10 +225,14 @@ class IngestHandler:
     ) -> None:
         # Duplicates move from judged.valid to judged.duplicates in place, so the
         # callers' results report them.
+        fresh_keys: list[str] = []
         if self.dedup.enabled:
             keys = [dedup_key(valid_topic, m) for _, m in judged.valid]
-            fresh = split_duplicates(judged, keys, await self.dedup.seen(keys) or ())
+            seen = await self.dedup.seen(keys) or ()
+            fresh = split_duplicates(judged, keys, seen)
             judged.valid, judged.duplicates = fresh.valid, fresh.duplicates
+            # The keys of what is published: each once, in order (marked after the acks).
+            fresh_keys = [k for k in dict.fromkeys(keys) if k not in seen]
         out: list[tuple[str, Message, str | None]] = [
             (valid_topic, message, getattr(message, "entity_id", None))
             for _, message in judged.valid
@@ -241,7 +245,7 @@ class IngestHandler:
         # Seen only once the broker has them: a batch answered 503 is not a duplicate
         # when its client retries it.
         if self.dedup.enabled:
-            await self.dedup.mark([dedup_key(valid_topic, m) for _, m in judged.valid])
+            await self.dedup.mark(fresh_keys)
         count_batch(input_label, judged)
         MESSAGES.labels(SERVICE, input_label, "accepted").inc(len(judged.valid))
         if judged.rejected:

@@ -10,6 +10,7 @@ polled sources (`poll` in definitions)  -> IngestHandler.on_polled, on_stale (so
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -35,7 +36,7 @@ from services.ingest.handlers import IngestHandler
 from services.ingest.observation import SignalObserver
 from services.ingest.settings import IngestSettings
 from services.ingest.sources import PolledSources, RedisSnapshotStore, SnapshotStore
-from services.ingest.spooling import spooled_health, spooling_publisher
+from services.ingest.spooling import BrokerStart, spooled_health, spooling_publisher
 from services.ingest.workers import run_workers, shared_port_socket
 
 
@@ -109,15 +110,20 @@ def build_app(
             )
         )
 
+    # With its own broker ingest serves from the start: the spool opens first and Kafka
+    # is reached in the background, so a start during a broker outage spools (issue 9).
+    broker_start = BrokerStart(kafka) if kafka is not None else None
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if kafka is not None:
-            await kafka.start()
         spooling: AbstractAsyncContextManager[None] = (
             spooler.running() if spooler else nullcontext()
         )
+        connecting: asyncio.Task[None] | None = None
         try:
             async with spooling:  # recovers the spool; its drainer stops before Kafka
+                if broker_start is not None:
+                    connecting = asyncio.create_task(broker_start.run(), name="ingest broker")
                 if settings.polls_sources:
                     await polled.start()  # after the spool opened: polled records need it
                 if ops is not None:
@@ -135,14 +141,18 @@ def build_app(
                         await ops.stop()
                     await polled.stop()
         finally:
+            if connecting is not None and not connecting.done():
+                connecting.cancel()
+            if connecting is not None:
+                await asyncio.gather(connecting, return_exceptions=True)
             if kafka is not None:
                 await kafka.stop()
             await redis.aclose()
 
     ready = kafka.ready if kafka is not None else always_ready
     alive = kafka.liveness if kafka is not None else list
-    if kafka is not None and spooler is not None:
-        ready, alive = spooled_health(kafka, spooler)  # ready while the spool has room
+    if kafka is not None and spooler is not None and broker_start is not None:
+        ready, alive = spooled_health(kafka, spooler, broker_start)  # ready while it has room
     # A worker's own /metrics: ingest_port answers for whichever worker took the connection.
     ops = (
         OpsServer(
@@ -163,7 +173,11 @@ def build_app(
         liveness=alive,
         lifespan=lifespan,
         # One polled source down never makes it unready; the spool shows while it fills.
-        ready_details=lambda: {**polled.ready_details(), **(spooler.status() if spooler else {})},
+        ready_details=lambda: {
+            **polled.ready_details(),
+            **(spooler.status() if spooler else {}),
+            **(broker_start.status() if broker_start else {}),
+        },
     )
     # Admin (admin scope): reads signals.dlq, writes signals.raw and, via the handler,
     # outcomes and signals.dlq.

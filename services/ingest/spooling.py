@@ -19,7 +19,13 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    retry_if_exception_type,
+    wait_random_exponential,
+)
 
 from libs.common.clients.kafka import KafkaRuntime, Publisher, RawOutgoing
 from libs.common.clients.kafka.base import Outgoing
@@ -232,19 +238,67 @@ def spooling_publisher(publisher: Publisher, settings: IngestSettings) -> Spooli
     return SpoolingPublisher(publisher, spool, publish_timeout_s=settings.spool_publish_timeout_s)
 
 
+class BrokerStart:
+    """Starts the Kafka runtime in the background, again and again until the broker
+    answers, so ingest serves into its spool through an outage that began before it
+    started (a restart during the outage) instead of failing its start.
+
+    Args:
+        kafka: the runtime to start (topics, producer, the signals.raw loop).
+        attempt_s: how long one start attempt waits for the broker.
+    """
+
+    def __init__(self, kafka: KafkaRuntime, *, attempt_s: float = 5.0) -> None:
+        self.kafka = kafka
+        self.attempt_s = attempt_s
+        self.unreachable_since: float | None = None  # the first failed attempt
+
+    async def run(self) -> None:
+        async for attempt in AsyncRetrying(
+            wait=wait_random_exponential(0.5, 5.0),
+            retry=retry_if_exception(is_transient),
+            before_sleep=self._failed,
+        ):
+            with attempt:
+                await self.kafka.start(within_s=self.attempt_s)
+        if self.unreachable_since is not None:
+            log.info("broker_reached", after_s=round(time.time() - self.unreachable_since, 1))
+        self.unreachable_since = None
+
+    def _failed(self, state: RetryCallState) -> None:
+        if self.unreachable_since is None:
+            self.unreachable_since = time.time()
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("broker_unreachable_at_start", error=repr(exc), attempt=state.attempt_number)
+
+    def status(self) -> dict[str, object]:
+        """For /readyz while the broker has not been reached since the start."""
+        if self.unreachable_since is None:
+            return {}
+        return {
+            "broker": {"reached": False, "since_s": round(time.time() - self.unreachable_since, 1)}
+        }
+
+
 def spooled_health(
-    kafka: KafkaRuntime, spooler: SpoolingPublisher
+    kafka: KafkaRuntime, spooler: SpoolingPublisher, start: BrokerStart
 ) -> tuple[Callable[[], Coroutine[Any, Any, str | None]], Callable[[], list[str]]]:
     """Readiness and liveness of an ingest that spools.
 
     Readiness is Kafka's, except that an unreachable broker is no reason while the spool
     has room: ingest still accepts (into the spool), so it stays in the load balancer
-    and /readyz shows the spool (`SpoolingPublisher.status`). Liveness adds the drainer.
+    and /readyz shows the spool (`SpoolingPublisher.status`). That holds from the start:
+    once a first attempt to reach the broker failed, ingest is ready on its spool alone.
+    Liveness adds the drainer.
     """
 
     async def ready() -> str | None:
         reason = await kafka.ready()
-        if reason is None or not kafka.publisher.started or kafka.liveness():
+        if reason is None:
+            return None
+        if not kafka.publisher.started and start.unreachable_since is None:
+            return reason  # still starting: not yet known to be an outage
+        if kafka.publisher.started and kafka.liveness():
             return reason
         if spooler.spool.refusing:
             return f"{reason}; spool full ({spooler.spool.pending_bytes} bytes)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 import time
 from collections import defaultdict
 from datetime import datetime, timedelta
@@ -16,9 +17,11 @@ import httpx
 import pytest
 from aiokafka import ConsumerRecord
 
+from libs.common.binaries import tansu_command
+from libs.common.net import free_port
 from libs.common.observability.tracing import header
 from libs.common.schemas import DeadLetter, Signal, utcnow
-from libs.common.testing import paused
+from libs.common.testing import paused, stop_service
 from services.ingest.settings import IngestSettings
 from tests.integration.ingest.ingest_server import (
     MakeIngestSettings,
@@ -280,6 +283,12 @@ async def _spooling(client: httpx.AsyncClient) -> bool:
     return bool((await client.get("/readyz")).json().get("spooling"))
 
 
+def _start_tansu(port: int, log: Path) -> subprocess.Popen[bytes]:
+    """A broker of its own on `port` (memory only), logging to `log`."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(tansu_command(port), stdout=out, stderr=subprocess.STDOUT)
+
+
 async def _drained(client: httpx.AsyncClient) -> bool:
     response = await client.get("/readyz")
     return response.status_code == 200 and "spooling" not in response.json()
@@ -293,3 +302,41 @@ def _metric(text: str, name: str) -> float:
 def _body(response: httpx.Response) -> list[dict[str, Any]]:
     body: list[dict[str, Any]] = json.loads(response.request.content)
     return body
+
+
+async def test_ingest_started_while_the_broker_is_down_spools_then_drains(
+    settings: IngestSettings, tmp_path: Path
+) -> None:
+    """Ingest (re)started during a broker outage: it does not fail its start; /readyz
+    answers 200 showing the broker not reached and the spool; posts are accepted into
+    the spool; once a broker listens on the address, ingest creates its topics, drains
+    the spool and publishes new records straight through."""
+    port = free_port()
+    down = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{port}"})
+    env = ingest_env(down, "spool_dir", "spool_publish_timeout_s")
+    url = f"http://127.0.0.1:{settings.ingest_port}"
+    log = tmp_path / "ingest.log"
+    proc = spawn_ingest(env, log)
+    broker: subprocess.Popen[bytes] | None = None
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            await wait_ready(client, proc, log)  # ready on its spool alone
+            poster = Poster(client, batch=25)
+            for _ in range(4):
+                await poster.post_once()
+            ready = (await client.get("/readyz")).json()
+            assert ready["broker"]["reached"] is False, ready
+            assert ready["spooling"]["records"] == 100, ready
+            assert set(poster.statuses) == {202}
+
+            broker = await asyncio.to_thread(_start_tansu, port, tmp_path / "tansu.log")
+            await eventually(lambda: _drained(client), timeout_s=90)
+            assert "broker" not in (await client.get("/readyz")).json()
+            await poster.post_once()  # straight through now
+        records = await read_valid(down, set(poster.accepted))
+        check_delivery(records, poster.accepted)
+        assert '"event": "broker_reached"' in tail(log, 10**7)
+    finally:
+        stop_service(proc, timeout_s=30)
+        if broker is not None:
+            stop_service(broker, timeout_s=20)

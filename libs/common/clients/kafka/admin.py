@@ -49,7 +49,9 @@ async def ensure_topics(
         await admin.close()
 
 
-async def ensure_topics_of(settings: Settings, topics: Sequence[str] | None = None) -> None:
+async def ensure_topics_of(
+    settings: Settings, topics: Sequence[str] | None = None, *, within_s: float = 30.0
+) -> None:
     """`ensure_topics` with the partitions and replication the settings name."""
     await ensure_topics(
         settings.kafka_bootstrap,
@@ -57,4 +59,5 @@ async def ensure_topics_of(settings: Settings, topics: Sequence[str] | None = No
         settings.kafka_partitions,
         replication_factor=settings.replication_factor,
         min_insync_replicas=settings.min_insync_replicas,
+        within_s=within_s,
     )

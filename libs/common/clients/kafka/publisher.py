@@ -10,6 +10,7 @@ from tenacity import AsyncRetrying, stop_after_delay, wait_random_exponential
 
 from libs.common.clients.kafka.base import Outgoing, RawOutgoing
 from libs.common.clients.kafka.batching import send_records
+from libs.common.errors import DependencyUnavailable
 from libs.common.observability.tracing import inject_headers
 from libs.common.resilience import Policy
 from libs.common.schemas import Message
@@ -53,7 +54,8 @@ class KafkaPublisher:
     @property
     def _producer(self) -> AIOKafkaProducer:
         if self._started is None:
-            raise RuntimeError("KafkaPublisher used before start()")
+            # Transient: a service may serve before the broker is reached (ingest spools).
+            raise DependencyUnavailable("kafka", "the producer has not reached the broker yet")
         return self._started
 
     async def start(self, *, within_s: float = 30.0) -> None:
@@ -67,11 +69,15 @@ class KafkaPublisher:
             request_timeout_ms=int(self._timeout_s * 1000),
             enable_idempotence=False,
         )
-        async for attempt in AsyncRetrying(
-            stop=stop_after_delay(within_s), wait=wait_random_exponential(0.1, 2), reraise=True
-        ):
-            with attempt:
-                await producer.start()
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_delay(within_s), wait=wait_random_exponential(0.1, 2), reraise=True
+            ):
+                with attempt:
+                    await producer.start()
+        except BaseException:
+            await producer.stop()  # its connections and tasks; a later start makes a new one
+            raise
         self._started = producer
 
     async def stop(self) -> None:

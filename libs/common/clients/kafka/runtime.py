@@ -151,11 +151,15 @@ class KafkaRuntime:
         if self.publisher.started:
             self._spawn(state)
 
-    async def start(self, topics: Sequence[str] | None = None) -> None:
-        """Create missing topics, start the producer, then every registered loop."""
+    async def start(self, topics: Sequence[str] | None = None, *, within_s: float = 30.0) -> None:
+        """Create missing topics, start the producer, then every registered loop.
+
+        Raises the broker's error when it does not answer within `within_s` (per step);
+        calling start again then picks up where it failed.
+        """
         s = self._settings
-        await ensure_topics_of(s, topics)
-        await self.publisher.start()
+        await ensure_topics_of(s, topics, within_s=within_s)
+        await self.publisher.start(within_s=within_s)
         self._probe = AIOKafkaClient(
             bootstrap_servers=s.kafka_bootstrap,
             client_id=f"{self.client_id}-readiness",

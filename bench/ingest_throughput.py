@@ -364,11 +364,15 @@ def _name(frame: str) -> str:
     return f"{func} ({where.rpartition('/')[2].split(':')[0]})"
 
 
-async def phase_raw(tail: ValidTail, ingest: Ingest, n: int, seconds: float) -> Result:
+async def phase_raw(
+    tail: ValidTail, ingest: Ingest, n: int, seconds: float, prof_dir: Path | None
+) -> Result:
     """Ingest, just started, drains the `n` records pre-produced to signals.raw."""
     first = len(tail.stamps)
     # CPU from the first published record: joining the group takes Tansu ~5 s.
     await tail.wait_for(first + 1, timeout_s=60)
+    if prof_dir is not None:  # about the drain's length at 20,000/s
+        profile(ingest.proc.pid, max(1, n / 20_000), prof_dir / "ingest_raw.txt")
     cpu0 = ingest.cpu_s()
     t0 = time.monotonic()
     await tail.wait_for(first + n, timeout_s=max(60, seconds * 10))
@@ -512,7 +516,7 @@ async def main(args: argparse.Namespace) -> None:
         ingest = Ingest.start(st, log, args.workers)
         try:
             async with ValidTail(st.bootstrap, LATENCY_TAG.encode()) as tail:
-                raw = await phase_raw(tail, ingest, n, args.seconds)
+                raw = await phase_raw(tail, ingest, n, args.seconds, prof_dir)
                 http, prof_out = await phase_http(
                     st, tail, ingest, args.seconds, prof_dir, args.connections
                 )

@@ -71,12 +71,32 @@ class RecordItem:
     record: Any
 
 
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
+_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
+
+
 def parse_json(data: bytes | str) -> Any:
     """Strict JSON: UTF-8, no NaN/Infinity, bounded nesting.
 
     Raises:
         InvalidBody: naming what is wrong and where.
     """
+    # orjson first (about 5x faster; each signals.raw record is parsed here): it takes
+    # only strict JSON, where both parsers give the same value, except an integer past
+    # 64 bits, which orjson reads as a float: text with 19 digits in a row (one may be
+    # such an integer) takes the strict parse, as does whatever orjson refuses (the
+    # strict parse says what is wrong). Pinned by test_parse_json_is_the_strict_parse.
+    digits = _LONG_DIGITS_BYTES if isinstance(data, bytes) else _LONG_DIGITS
+    if digits.search(data) is None:  # type: ignore[arg-type]
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return _parse_strict(data)
+
+
+def _parse_strict(data: bytes | str) -> Any:
+    """parse_json with the standard library, naming what is wrong."""
     text = data if isinstance(data, str) else _utf8(data)
     value = _decode(text)
     if _has_lone_surrogate(text, value):

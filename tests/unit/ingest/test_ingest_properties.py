@@ -16,7 +16,7 @@ from libs.common.definitions import Definitions
 from libs.common.schemas import DeadLetter, Signal
 from libs.common.settings import Topics
 from services.ingest.core import reasons, split_body
-from services.ingest.core.batch import RecordItem, _split_parsed, _utf8
+from services.ingest.core.batch import RecordItem, _parse_strict, _split_parsed, _utf8, parse_json
 from services.ingest.core.verdicts import BatchResult, judge
 from services.ingest.errors import BatchTooLarge, InvalidBody
 from services.ingest.handlers import IngestHandler
@@ -244,3 +244,30 @@ def test_a_record_too_deep_to_validate_is_refused_and_its_neighbours_judged() ->
         (1, reasons.INVALID_ENVELOPE),
     ]
     assert "nested too deeply" in judged.rejected[0][1].detail
+
+
+def _parsed_or_error(parse: Any, data: bytes) -> Any:
+    try:
+        return repr(parse(data))  # repr: 1 and 1.0 differ, as they do in a record
+    except InvalidBody as exc:
+        return type(exc), str(exc)
+
+
+@PROPERTY
+@given(
+    value=json_values
+    | st.lists(signal_like, max_size=4)
+    # Past 64 bits, where orjson would read a float (the strict parse must decide).
+    | st.lists(st.integers(-(2**80), 2**80) | st.floats(allow_nan=False), max_size=4),
+    ascii_only=st.booleans(),
+    hostile=bodies(signal_like, "signals"),
+    junk=st.binary(max_size=64),
+)
+def test_parse_json_is_the_strict_parse(
+    value: Any, ascii_only: bool, hostile: Any, junk: bytes
+) -> None:
+    """parse_json (orjson first) gives the value or the error of the standard-library
+    parse it falls back to, for JSON, hostile bodies and arbitrary bytes."""
+    text = json.dumps(value, ensure_ascii=ascii_only).encode()
+    for data in (text, hostile.data, junk, text + junk):
+        assert _parsed_or_error(parse_json, data) == _parsed_or_error(_parse_strict, data)

@@ -6,9 +6,10 @@ definitions) and reads what it publishes to signals.valid:
 
 - raw: `--seconds` x 10,000 records pre-produced to signals.raw, then ingest started;
   signals/s = records over the span of their signals.valid record timestamps;
-- http: wrk (`-t2 -c4`, four clients) posting 1,000-signal batches built in Lua (every
-  record unique, so the dedup window has nothing to drop) for `--seconds`; signals/s
-  arriving on signals.valid, again over their record timestamps;
+- http: wrk (`-t2`, `--connections` clients, 4 by default) posting 1,000-signal
+  batches built in Lua (every record unique, so the dedup window has nothing to drop)
+  for `--seconds`; signals/s arriving on signals.valid, again over their record
+  timestamps;
 - baseline: a bare aiokafka produce of the same records (`send` per record, with the
   producer settings of ingest's publisher: acks=all, linger 5 ms, `kafka_batch_bytes`
   batches, 1,000 per gather) from this process, in the same run; each rate above is
@@ -21,12 +22,15 @@ definitions) and reads what it publishes to signals.valid:
   record's timestamp (ingest's produce) minus when this script sent it, per record,
   p50/p99/max.
 
-`--profile DIR` runs py-spy on the ingest process during the http phase and prints the
-top frames by share of samples (self and inclusive). The machine's load average and
-the ingest process's CPU are printed with each run: other work on a shared machine
-moves the absolute figures, so compare the ratios of one run.
+`--workers N` runs ingest with SIGNALOPS_INGEST_WORKERS=N (its CPU is summed over the
+workers, 100% = one core). `--profile DIR` runs py-spy on the ingest processes during
+the raw drain and the http phase and prints the top frames of the http phase by share
+of samples (self and inclusive; DIR/ingest_raw.txt holds the raw drain's). The
+machine's load average and ingest's CPU are printed with each run: other work on a
+shared machine moves the absolute figures, so compare the ratios of one run.
 
     .venv/bin/python bench/ingest_throughput.py                     # ~2 min
+    .venv/bin/python bench/ingest_throughput.py --seconds 10 --workers 2 --connections 8
     .venv/bin/python bench/ingest_throughput.py --seconds 10 --profile /tmp/ingest-prof
 """
 

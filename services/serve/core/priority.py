@@ -234,6 +234,10 @@ class PriorityLimiter:
         if len(queue) >= self.queues.of(priority) or self.queues.max_wait_s <= 0:
             raise self._overloaded(priority, "queue full")
         wait_s = self.queues.max_wait_s
+        # The deadline ends the wait before the max wait does: then a wait that ran out
+        # is the deadline's, even when the clock read after the timer is a hair short of
+        # it (a timer may fire up to the clock's resolution early).
+        until_deadline = deadline is not None and deadline.remaining_s(now) < wait_s
         if deadline is not None:
             wait_s = min(wait_s, deadline.remaining_s(now))
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -248,7 +252,7 @@ class PriorityLimiter:
         if waiter.done() and not waiter.cancelled():
             return
         self._give_up(waiter, queue)
-        if deadline is not None and deadline.passed(self.clock()):
+        if deadline is not None and (until_deadline or deadline.passed(self.clock())):
             raise self._expired(priority)
         raise self._overloaded(priority, f"no slot within {self.queues.max_wait_s:g}s")
 

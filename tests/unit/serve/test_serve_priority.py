@@ -190,6 +190,18 @@ async def test_queued_request_past_its_deadline_is_answered_without_the_work() -
     assert limiter.waiting(Priority.normal) == 0
 
 
+async def test_a_wait_ended_by_the_deadline_is_deadline_exceeded_on_a_lagging_clock() -> None:
+    """The deadline ends the wait, and the clock read afterwards is a hair short of it
+    (a timer may fire a clock tick early): still DeadlineExceeded, not Overloaded."""
+    clock = FakeClock()
+    limiter = PriorityLimiter(LIMITS, queues=QueueLimits(normal=4, max_wait_s=60.0), clock=clock)
+    limiter.in_flight = 4
+    deadline = Deadline.after_ms(20, clock())  # the fake clock never reaches it
+    with pytest.raises(DeadlineExceeded):
+        await limiter.acquire(Priority.normal, deadline)
+    assert limiter.waiting(Priority.normal) == 0 and limiter.in_flight == 4
+
+
 async def test_arrival_past_the_deadline_is_refused_before_queueing() -> None:
     """A request that arrives with its budget spent is refused at once, even with free slots."""
     clock = FakeClock()

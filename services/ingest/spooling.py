@@ -28,10 +28,11 @@ from tenacity import (
 )
 
 from libs.common.clients.kafka import KafkaRuntime, Publisher, RawOutgoing
-from libs.common.clients.kafka.base import Outgoing
+from libs.common.clients.kafka.base import Outgoing, schema_headers
 from libs.common.observability import get_logger
 from libs.common.observability.tracing import inject_headers
 from libs.common.resilience import is_transient
+from libs.common.schemas import Message
 from services.ingest.core.spool_format import SpooledRecord
 from services.ingest.settings import IngestSettings
 from services.ingest.spool import FileSpool, SpoolBatch
@@ -46,13 +47,13 @@ def spooled(items: Sequence[Outgoing], appended_at: float) -> list[SpooledRecord
     KafkaPublisher adds only its producer header when the drainer sends them).
     """
     trace = tuple(inject_headers())
+    by_schema: dict[tuple[type[Message], int], tuple[tuple[str, bytes], ...]] = {}
     out = []
     for topic, message, key in items:
-        headers = (
-            ("message-type", type(message).__name__.encode()),
-            ("message-version", str(message.message_version).encode()),
-            *trace,
-        )
+        schema = (type(message), message.message_version)
+        headers = by_schema.get(schema)
+        if headers is None:  # one tuple per schema, shared by the batch's records
+            headers = by_schema[schema] = (*schema_headers(message), *trace)
         out.append(
             SpooledRecord(
                 topic, key, type(message).__name__, message.to_bytes(), appended_at, headers

@@ -33,20 +33,20 @@ class FlakyBroker(MemoryPublisher):
     def __post_init__(self) -> None:
         self.gate.set()
 
-    async def publish_many(self, items: Sequence[Outgoing]) -> None:
+    async def _admit(self) -> None:
+        """Fail as the broker would (error, open circuit), or wait at the gate."""
         if self.error is not None:
             raise self.error
         if self.down:
             raise DependencyUnavailable("kafka", "circuit open")
         await self.gate.wait()
+
+    async def publish_many(self, items: Sequence[Outgoing]) -> None:
+        await self._admit()
         await super().publish_many(items)
 
     async def publish_raw_many(self, records: Sequence[RawOutgoing]) -> None:
-        if self.error is not None:
-            raise self.error
-        if self.down:
-            raise DependencyUnavailable("kafka", "circuit open")
-        await self.gate.wait()
+        await self._admit()
         await super().publish_raw_many(records)
 
 

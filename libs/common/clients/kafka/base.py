@@ -14,6 +14,15 @@ RawOutgoing = tuple[str, str | None, bytes, Sequence[tuple[str, bytes]]]
 """(topic, key, value, headers) of one record published as it is (already serialised)."""
 
 
+def schema_headers(message: Message) -> list[tuple[str, bytes]]:
+    """The headers naming a record's schema: its message type and version. Written
+    once here for every path that produces a message (direct, or via ingest's spool)."""
+    return [
+        ("message-type", type(message).__name__.encode()),
+        ("message-version", str(message.message_version).encode()),
+    ]
+
+
 class Publisher(Protocol):
     async def publish(self, topic: str, message: Message, *, key: str | None = None) -> None:
         """Send `message` to `topic`, with trace context and schema headers.

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 from tenacity import AsyncRetrying, stop_after_delay, wait_random_exponential
 
-from libs.common.clients.kafka.base import Outgoing, RawOutgoing
+from libs.common.clients.kafka.base import Outgoing, RawOutgoing, schema_headers
 from libs.common.clients.kafka.batching import send_records
 from libs.common.errors import DependencyUnavailable
 from libs.common.observability.tracing import inject_headers
@@ -89,10 +89,7 @@ class KafkaPublisher:
         """Producer, schema and trace-context headers of one message."""
         extra = [("producer", self._client_id.encode())]
         if message is not None:
-            extra += [
-                ("message-type", type(message).__name__.encode()),
-                ("message-version", str(message.message_version).encode()),
-            ]
+            extra += schema_headers(message)
         return inject_headers(extra)
 
     async def publish(self, topic: str, message: Message, *, key: str | None = None) -> None:
